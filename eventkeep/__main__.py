@@ -1,0 +1,3 @@
+from eventkeep.cli import main
+
+raise SystemExit(main())

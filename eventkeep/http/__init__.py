@@ -1,0 +1,1 @@
+"""The HTTP layer: decodes requests, calls ingestion and the store, encodes answers."""

@@ -1,0 +1,81 @@
+"""Read a request body within Mixpanel's limits, inflating gzip as it streams in.
+
+The 10 MB limit applies to the uncompressed body. Decompression is bounded chunk by chunk,
+so a gzip bomb (a kilobyte that inflates to a gigabyte) is refused after inflating just
+over the limit, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from isal import isal_zlib
+from starlette.requests import Request
+
+from eventkeep.errors import ApiError, bad_request, request_too_large
+from eventkeep.ingest.limits import MAX_REQUEST_BYTES
+
+_OUT_CHUNK = 1024 * 1024
+
+
+class _Inflater:
+    def __init__(self, encoding: str, limit: int) -> None:
+        # wbits 16+15: gzip container; 15: zlib container ("deflate" as browsers send it).
+        wbits = 31 if encoding in ("gzip", "x-gzip") else 15
+        self._obj = isal_zlib.decompressobj(wbits)
+        self._limit = limit
+        self._size = 0
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        obj = self._obj
+        while data:
+            try:
+                out = obj.decompress(data, _OUT_CHUNK)
+            except (isal_zlib.error, zlib.error):
+                raise bad_request("request body is not valid gzip") from None
+            self._add(out)
+            data = obj.unconsumed_tail
+            if obj.eof:
+                return
+
+    def _add(self, out: bytes) -> None:
+        self._size += len(out)
+        if self._size > self._limit:
+            raise request_too_large(self._limit)
+        self._parts.append(out)
+
+    def finish(self) -> bytes:
+        if not self._obj.eof:
+            try:
+                self._add(self._obj.flush())
+            except (isal_zlib.error, zlib.error):
+                raise bad_request("request body is not valid gzip") from None
+        return b"".join(self._parts)
+
+
+async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The body, decompressed, or an ApiError (413 over the limit, 400 if it is corrupt)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise request_too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise request_too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ApiError(415, f"unsupported Content-Encoding {encoding!r}; use gzip")
+    inflater = _Inflater(encoding, limit)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:  # compressed input larger than the uncompressed limit
+            raise request_too_large(limit)
+        inflater.feed(chunk)
+    return inflater.finish()

@@ -1,0 +1,168 @@
+"""The ingestion endpoints: /import, /track (and, later, /engage, /groups)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from eventkeep.auth import authenticate, parse_authorization
+from eventkeep.errors import ApiError, RecordError, internal_error, store_unavailable, too_many_events
+from eventkeep.http.body import read_body
+from eventkeep.http.responses import Answer, Style, render_error, render_import, render_track
+from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST
+from eventkeep.ingest.payload import Payload, parse_body
+from eventkeep.ingest.validate import (
+    IngestContext,
+    ValidBatch,
+    distinct_id_for_address,
+    validate_events,
+)
+from eventkeep.store.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from eventkeep.http.app import AppState
+
+log = logging.getLogger("eventkeep.ingest")
+
+TOKEN_MISSING = "token, missing or empty"
+TOKEN_UNKNOWN = "token, not a known project token"
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.eventkeep  # type: ignore[no-any-return]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _read_payload(request: Request) -> Payload:
+    body = await read_body(request)
+    return parse_body(body, request.headers.get("content-type", ""), dict(request.query_params))
+
+
+def _guess_style(request: Request) -> Style:
+    """Before the body is read, guess the answer shape from what the request says of it."""
+    content_type = request.headers.get("content-type", "").lower()
+    if request.method == "GET" or "x-www-form-urlencoded" in content_type:
+        return Style.LEGACY
+    return Style.IMPORT_JSON
+
+
+async def import_events(request: Request) -> Response:
+    state = _state(request)
+    answer = Answer.from_params(_guess_style(request), dict(request.query_params))
+    try:
+        credentials = parse_authorization(request.headers.get("authorization"))
+        query = dict(request.query_params)
+        if credentials is not None:  # refuse strangers before reading megabytes
+            project = authenticate(state.credentials, credentials, query, "ingest")
+        payload = await _read_payload(request)
+        style = Style.LEGACY if payload.encoding == "form" else Style.IMPORT_JSON
+        answer = Answer.from_params(style, payload.params)
+        if credentials is None:
+            project = authenticate(state.credentials, None, payload.params, "ingest")
+        if len(payload.items) > MAX_EVENTS_PER_REQUEST:
+            raise too_many_events()
+        strict = payload.params.get("strict", "1") != "0"
+        ctx = IngestContext("import", _now_ms(), _api_host(request))
+        batch = validate_events(payload.items, ctx, payload.line_errors)
+        await state.store.append(project.id, batch)
+        state.counters.add(project.id, stored=len(batch), refused=len(batch.errors))
+        return render_import(answer, len(batch), batch.errors, strict)
+    except ApiError as error:
+        return render_error(answer, error)
+    except StoreUnavailable:
+        return render_error(answer, store_unavailable())
+    except Exception:
+        log.exception("unexpected failure in /import")
+        return render_error(answer, internal_error())
+
+
+async def track_events(request: Request) -> Response:
+    state = _state(request)
+    answer = Answer.from_params(Style.LEGACY, dict(request.query_params))
+    try:
+        payload = await _read_payload(request)
+        answer = Answer.from_params(Style.LEGACY, payload.params)
+        if len(payload.items) > MAX_EVENTS_PER_REQUEST:
+            raise too_many_events()
+        fallback = None
+        if payload.params.get("ip") == "1" and request.client is not None:
+            fallback = distinct_id_for_address(request.client.host)
+        ctx = IngestContext("track", _now_ms(), _api_host(request), fallback)
+        batch = validate_events(payload.items, ctx, payload.line_errors)
+        default_project = _optional_project(request, payload)
+        per_project, token_errors = _route_by_token(state, batch, default_project)
+        await asyncio.gather(
+            *(state.store.append(project_id, part) for project_id, part in per_project.items())
+        )
+        stored = sum(len(part) for part in per_project.values())
+        errors = sorted(batch.errors + token_errors, key=lambda e: e.index)
+        for project_id, part in per_project.items():
+            state.counters.add(project_id, stored=len(part), refused=0)
+        if errors:
+            log.info("/track refused %d of %d events: %s", len(errors), len(payload.items), errors[0].message)
+        return render_track(answer, stored, errors)
+    except ApiError as error:
+        return render_error(answer, error)
+    except StoreUnavailable:
+        return render_error(answer, store_unavailable())
+    except Exception:
+        log.exception("unexpected failure in /track")
+        return render_error(answer, internal_error())
+
+
+def _optional_project(request: Request, payload: Payload) -> int | None:
+    """Credentials are optional on /track; when given, events without a token use them."""
+    credentials = parse_authorization(request.headers.get("authorization"))
+    if credentials is None and "api_key" not in payload.params:
+        return None
+    project = authenticate(_state(request).credentials, credentials, payload.params, "ingest")
+    return project.id
+
+
+def _route_by_token(
+    state: AppState, batch: ValidBatch, default_project: int | None
+) -> tuple[dict[int, ValidBatch], list[RecordError]]:
+    """Split a /track batch by the project each event's token names."""
+    rows_by_project: dict[int, list[int]] = {}
+    errors: list[RecordError] = []
+    resolved: dict[str | None, int | None] = {}
+    for row, token in enumerate(batch.tokens):
+        if token not in resolved:
+            if token:
+                project = state.credentials.by_token(token)
+                resolved[token] = project.id if project is not None else None
+            else:
+                resolved[token] = default_project
+        project_id = resolved[token]
+        if project_id is None:
+            message = TOKEN_UNKNOWN if token else TOKEN_MISSING
+            errors.append(RecordError(batch.indexes[row], batch.insert_ids[row], "properties.token", message))
+            continue
+        rows_by_project.setdefault(project_id, []).append(row)
+    if len(rows_by_project) == 1 and not errors:
+        return {next(iter(rows_by_project)): batch}, errors
+    return {pid: _select(batch, rows) for pid, rows in rows_by_project.items()}, errors
+
+
+def _select(batch: ValidBatch, rows: list[int]) -> ValidBatch:
+    return ValidBatch(
+        events=[batch.events[i] for i in rows],
+        distinct_ids=[batch.distinct_ids[i] for i in rows],
+        times_ms=[batch.times_ms[i] for i in rows],
+        insert_ids=[batch.insert_ids[i] for i in rows],
+        properties=[batch.properties[i] for i in rows],
+        tokens=[batch.tokens[i] for i in rows],
+        indexes=[batch.indexes[i] for i in rows],
+    )
+
+
+def _api_host(request: Request) -> str:
+    return request.url.hostname or "localhost"

@@ -1,0 +1,1 @@
+"""Ingestion: turning request payloads into validated, storable batches. No HTTP here."""
