@@ -56,17 +56,20 @@ def _guess_style(request: Request) -> Style:
 
 async def import_events(request: Request) -> Response:
     state = _state(request)
-    answer = Answer.from_params(_guess_style(request), dict(request.query_params))
+    style = _guess_style(request)
+    answer = Answer.from_params(style, dict(request.query_params))
     try:
         credentials = parse_authorization(request.headers.get("authorization"))
-        query = dict(request.query_params)
-        if credentials is not None:  # refuse strangers before reading megabytes
-            project = authenticate(state.credentials, credentials, query, "ingest")
+        project = None
+        if credentials is not None and style is Style.IMPORT_JSON:
+            # Refuse strangers before reading megabytes. (Form requests may carry their
+            # answer's shape, `verbose`, in the body, so they are read first.)
+            project = authenticate(state.credentials, credentials, dict(request.query_params), "ingest")
         payload = await _read_payload(request)
         style = Style.LEGACY if payload.encoding == "form" else Style.IMPORT_JSON
         answer = Answer.from_params(style, payload.params)
-        if credentials is None:
-            project = authenticate(state.credentials, None, payload.params, "ingest")
+        if project is None:
+            project = authenticate(state.credentials, credentials, payload.params, "ingest")
         if len(payload.items) > MAX_EVENTS_PER_REQUEST:
             raise too_many_events()
         strict = payload.params.get("strict", "1") != "0"

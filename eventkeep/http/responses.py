@@ -106,7 +106,7 @@ def render_import(
     if answer.style is Style.LEGACY:
         if not errors:
             return _legacy(answer, 1, None)
-        return _legacy(answer, 0, _summarise(errors), 400 if answer.verbose == 2 else 200)
+        return _legacy(answer, 0, _summarise(errors, imported), 400 if answer.verbose == 2 else 200)
     ok_status: object = 1 if answer.verbose == 1 else "OK"
     if errors and strict:
         body = {
@@ -131,11 +131,12 @@ def render_track(answer: Answer, stored: int, errors: list[RecordError]) -> Resp
     # "1: One or more objects provided are valid" (spec §3.3) for the plain answer; the
     # verbose answer names every refusal so nothing is dropped silently.
     ok = 1 if stored and not answer.verbose else 0
-    return _legacy(answer, ok, _summarise(errors), status)
+    return _legacy(answer, ok, _summarise(errors, stored), status)
 
 
-def _summarise(errors: list[RecordError]) -> str:
-    if len(errors) == 1:
+def _summarise(errors: list[RecordError], stored: int) -> str:
+    """One refusal of a one-event request reads plainly; otherwise each names its record."""
+    if len(errors) == 1 and stored == 0:
         return errors[0].message
     shown = "; ".join(f"record {e.index}: {e.message}" for e in errors[:5])
     more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""

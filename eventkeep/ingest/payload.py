@@ -55,7 +55,7 @@ def decode_json(raw: bytes) -> Any:
     """
     try:
         return _decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     text = raw.decode("utf-8", "surrogateescape")
     return json.loads(text, parse_float=_parse_float, parse_constant=_reject_constant)
@@ -89,7 +89,10 @@ def decode_data_param(value: str) -> Any:
     """Decode a `data` field: raw JSON, or base64 of JSON (spaces read as `+`)."""
     stripped = value.strip()
     if stripped.startswith(("{", "[")):
-        return decode_json(stripped.encode("utf-8", "surrogateescape"))
+        try:
+            return decode_json(stripped.encode("utf-8", "surrogateescape"))
+        except ValueError as exc:
+            raise bad_request(f"'data' is not valid JSON: {_short(exc)}") from None
     compact = "".join(stripped.replace(" ", "+").split())
     compact = compact.replace("-", "+").replace("_", "/")
     compact += "=" * (-len(compact) % 4)
@@ -119,7 +122,7 @@ def parse_ndjson(body: bytes) -> tuple[list[Any], dict[int, str]]:
         items = _decoder.decode(joined)
         if len(items) == len(lines):
             return items, {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     items = []
     errors: dict[int, str] = {}
