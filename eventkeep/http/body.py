@@ -18,26 +18,39 @@ from eventkeep.ingest.limits import MAX_REQUEST_BYTES
 _OUT_CHUNK = 1024 * 1024
 
 
+_NOT_GZIP = "request body is not valid gzip"
+_TRUNCATED = "request body is not valid gzip: the compressed stream is truncated"
+
+
 class _Inflater:
     def __init__(self, encoding: str, limit: int) -> None:
         # wbits 16+15: gzip container; 15: zlib container ("deflate" as browsers send it).
-        wbits = 31 if encoding in ("gzip", "x-gzip") else 15
-        self._obj = isal_zlib.decompressobj(wbits)
+        self._wbits = 31 if encoding in ("gzip", "x-gzip") else 15
+        self._obj = isal_zlib.decompressobj(self._wbits)
         self._limit = limit
         self._size = 0
+        self._fed = False
         self._parts: list[bytes] = []
 
     def feed(self, data: bytes) -> None:
-        obj = self._obj
         while data:
+            self._fed = True
+            obj = self._obj
+            if obj.eof:
+                # Bytes after the end of a stream. Concatenated gzip members are one valid
+                # gzip file (RFC 1952 §2.2): inflate them all rather than drop the rest.
+                # Zero padding after the last member is tolerated, as gzip(1) does.
+                if not data.strip(b"\x00"):
+                    return
+                if self._wbits != 31:
+                    raise bad_request(_NOT_GZIP)
+                obj = self._obj = isal_zlib.decompressobj(self._wbits)
             try:
                 out = obj.decompress(data, _OUT_CHUNK)
             except (isal_zlib.error, zlib.error):
-                raise bad_request("request body is not valid gzip") from None
+                raise bad_request(_NOT_GZIP) from None
             self._add(out)
-            data = obj.unconsumed_tail
-            if obj.eof:
-                return
+            data = obj.unused_data if obj.eof else obj.unconsumed_tail
 
     def _add(self, out: bytes) -> None:
         self._size += len(out)
@@ -46,11 +59,13 @@ class _Inflater:
         self._parts.append(out)
 
     def finish(self) -> bytes:
-        if not self._obj.eof:
+        if self._fed and not self._obj.eof:
             try:
                 self._add(self._obj.flush())
             except (isal_zlib.error, zlib.error):
-                raise bad_request("request body is not valid gzip") from None
+                raise bad_request(_NOT_GZIP) from None
+            if not self._obj.eof:  # a cut-off body: refuse it whole, never store a prefix
+                raise bad_request(_TRUNCATED)
         return b"".join(self._parts)
 
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from isal import isal_zlib
-from starlette.concurrency import iterate_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -112,16 +112,27 @@ async def export_events(request: Request) -> Response:
         return _error(request, error)
     local_zone = project.time_zone if project.legacy_local_time else None
     lines = state.store.export_lines(query, time_in_ms=time_in_ms, local_time_zone=local_zone)
-    gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
-    body = _guarded(lines)
-    headers = {"Content-Encoding": "gzip"} if gzip else {}
-    if gzip:
+    # Run the query up to its first chunk before answering, so that a failure there is a
+    # clean error status rather than a 200 with a cut-off body.
+    try:
+        first = await run_in_threadpool(next, lines, b"")
+    except ApiError as error:
+        return _error(request, error)
+    except Exception:
+        log.exception("export query failed")
+        return _error(request, ApiError(500, "the export query failed; please retry", retry_after=5))
+    body = _guarded(first, lines)
+    headers = {}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        headers["Content-Encoding"] = "gzip"
         body = _gzipped(body)
     return StreamingResponse(iterate_in_threadpool(body), headers=headers, media_type="text/plain; charset=utf-8")
 
 
-def _guarded(lines: Iterator[bytes]) -> Iterator[bytes]:
+def _guarded(first: bytes, lines: Iterator[bytes]) -> Iterator[bytes]:
     try:
+        if first:
+            yield first
         yield from lines
     except Exception:
         log.exception("export stream failed")
