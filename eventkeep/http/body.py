@@ -8,14 +8,18 @@ over the limit, never held whole in memory.
 from __future__ import annotations
 
 import zlib
+from typing import cast
 
 from isal import isal_zlib
+from isal.igzip_lib import IsalError
 from starlette.requests import Request
 
 from eventkeep.errors import ApiError, bad_request, request_too_large
 from eventkeep.ingest.limits import MAX_REQUEST_BYTES
 
 _OUT_CHUNK = 1024 * 1024
+# isal's type stubs do not declare IsalError an exception class.
+_INFLATE_ERRORS = cast(tuple[type[Exception], ...], (IsalError, zlib.error))
 
 
 _NOT_GZIP = "request body is not valid gzip"
@@ -47,7 +51,7 @@ class _Inflater:
                 obj = self._obj = isal_zlib.decompressobj(self._wbits)
             try:
                 out = obj.decompress(data, _OUT_CHUNK)
-            except (isal_zlib.error, zlib.error):
+            except _INFLATE_ERRORS:
                 raise bad_request(_NOT_GZIP) from None
             self._add(out)
             data = obj.unused_data if obj.eof else obj.unconsumed_tail
@@ -62,7 +66,7 @@ class _Inflater:
         if self._fed and not self._obj.eof:
             try:
                 self._add(self._obj.flush())
-            except (isal_zlib.error, zlib.error):
+            except _INFLATE_ERRORS:
                 raise bad_request(_NOT_GZIP) from None
             if not self._obj.eof:  # a cut-off body: refuse it whole, never store a prefix
                 raise bad_request(_TRUNCATED)

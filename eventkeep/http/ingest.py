@@ -11,7 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from eventkeep.auth import authenticate, parse_authorization
-from eventkeep.errors import ApiError, RecordError, internal_error, store_unavailable, too_many_events
+from eventkeep.errors import (
+    ApiError,
+    RecordError,
+    internal_error,
+    store_unavailable,
+    too_many_events,
+)
 from eventkeep.http.body import read_body
 from eventkeep.http.responses import Answer, Style, render_error, render_import, render_track
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST
@@ -34,7 +40,8 @@ TOKEN_UNKNOWN = "token, not a known project token"
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.eventkeep  # type: ignore[no-any-return]
+    state: AppState = request.app.state.eventkeep
+    return state
 
 
 def _now_ms() -> int:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from eventkeep.errors import ApiError, bad_request
+from eventkeep.errors import bad_request
 
 Encoding = Literal["json", "ndjson", "form"]
 

@@ -140,7 +140,7 @@ def _event_size(item: Any) -> int:
 
 def _validate_one(
     item: Any, index: int, ctx: IngestContext, track: bool
-) -> RecordError | None | tuple[str, str, int, str, dict[str, Any], str | None, int]:
+) -> RecordError | tuple[str, str, int, str, dict[str, Any], str | None, int] | None:
     if not isinstance(item, dict):
         return RecordError(index, None, "event", NOT_OBJECT)
     props = item.get("properties")
@@ -173,10 +173,7 @@ def _validate_one(
     else:
         if isinstance(raw_time, bool) or not isinstance(raw_time, int | float):
             return fail("properties.time", TIME_MESSAGE)
-        if abs(raw_time) > limits.MS_THRESHOLD:
-            time_ms = round(raw_time)
-        else:
-            time_ms = round(raw_time * 1000)
+        time_ms = round(raw_time) if abs(raw_time) > limits.MS_THRESHOLD else round(raw_time * 1000)
         if time_ms < limits.MIN_TIME_MS:
             return fail("properties.time", TIME_TOO_OLD)
         if time_ms > ctx.now_ms:

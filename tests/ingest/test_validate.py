@@ -168,7 +168,7 @@ def test_distinct_id_of_other_types_is_refused(value: Any) -> None:
     )
 
 
-@pytest.mark.parametrize("value", sorted(DISALLOWED_IDS) + ["NULL", "Undefined", " anonymous "])
+@pytest.mark.parametrize("value", [*sorted(DISALLOWED_IDS), "NULL", "Undefined", " anonymous "])
 def test_placeholder_distinct_ids_are_refused_case_insensitively(value: str) -> None:
     field, message = error_of(ev(distinct_id=value))
     assert field == "properties.distinct_id"

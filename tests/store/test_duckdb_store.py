@@ -1,0 +1,107 @@
+"""The DuckDB store on real files: dedup (latest wins), atomic batches, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventkeep.ingest.validate import IngestContext, ValidBatch, validate_events
+from eventkeep.store.base import ScanQuery
+from eventkeep.store.duckdb import DuckDBStore
+
+NOW_MS = 1_800_000_000_000
+CTX = IngestContext("import", NOW_MS, "test")
+
+
+def ev(insert_id: str, t: int = 1_700_000_000, **props: Any) -> dict[str, Any]:
+    return {"event": "e", "properties": {"time": t, "distinct_id": "u", "$insert_id": insert_id, **props}}
+
+
+def batch(*events: dict[str, Any]) -> ValidBatch:
+    result = validate_events(list(events), CTX)
+    assert not result.errors
+    return result
+
+
+def lines(store: DuckDBStore, project_id: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for chunk in store.export_lines(ScanQuery(project_id), **kwargs) for line in chunk.splitlines()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = DuckDBStore(tmp_path / "events.duckdb")
+    yield s
+    s.close()
+
+
+def test_latest_copy_wins_within_and_across_commits(store: DuckDBStore) -> None:
+    store.append_sync(1, batch(ev("a", v=1), ev("a", v=2), ev("b", v=1)))
+    store.append_sync(1, batch(ev("a", v=3)))
+    stored = {e["properties"]["$insert_id"]: e["properties"]["v"] for e in lines(store)}
+    assert stored == {"a": 3, "b": 1}
+    assert store.count(ScanQuery(1)) == 2
+
+
+def test_projects_do_not_deduplicate_each_other(store: DuckDBStore) -> None:
+    store.append_sync(1, batch(ev("a")))
+    store.append_sync(2, batch(ev("a")))
+    assert store.count(ScanQuery(1)) == 1 and store.count(ScanQuery(2)) == 1
+
+
+def test_key_fields_cannot_run_into_each_other(store: DuckDBStore) -> None:
+    """("ab", "c") and ("a", "bc") are different keys even though they concatenate alike."""
+    one = {"event": "ab", "properties": {"time": 1_700_000_000, "distinct_id": "c", "$insert_id": "x"}}
+    two = {"event": "a", "properties": {"time": 1_700_000_000, "distinct_id": "bc", "$insert_id": "x"}}
+    store.append_sync(1, batch(one, two))
+    assert store.count(ScanQuery(1)) == 2
+
+
+def test_events_persist_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.duckdb"
+    first = DuckDBStore(path)
+    first.append_sync(1, batch(ev("a", note="ünïcødé ✓"), ev("b", big=2**80)))
+    first.close()
+    second = DuckDBStore(path)
+    try:
+        stored = {e["properties"]["$insert_id"]: e["properties"] for e in lines(second)}
+        assert stored["a"]["note"] == "ünïcødé ✓"
+        assert stored["b"]["big"] == 2**80
+    finally:
+        second.close()
+
+
+def test_export_orders_by_time_and_filters_by_range_and_name(store: DuckDBStore) -> None:
+    store.append_sync(1, batch(ev("c", t=1_700_000_300), ev("a", t=1_700_000_100), ev("b", t=1_700_000_200)))
+    assert [e["properties"]["$insert_id"] for e in lines(store)] == ["a", "b", "c"]
+    ranged = [json.loads(x) for chunk in store.export_lines(ScanQuery(1, from_ms=1_700_000_150_000, to_ms=1_700_000_300_000)) for x in chunk.splitlines()]
+    assert [e["properties"]["$insert_id"] for e in ranged] == ["b"]
+    assert store.count(ScanQuery(1, events=("other",))) == 0
+    assert store.count(ScanQuery(1, events=("e", "other"))) == 3
+
+
+def test_export_time_in_seconds_or_milliseconds(store: DuckDBStore) -> None:
+    store.append_sync(1, batch(ev("a", t=1_700_000_000_123)))
+    assert lines(store)[0]["properties"]["time"] == 1_700_000_000
+    assert lines(store, time_in_ms=True)[0]["properties"]["time"] == 1_700_000_000_123
+
+
+def test_export_strings_are_escaped_correctly(store: DuckDBStore) -> None:
+    name = 'quote " backslash \\ newline \n tab \t nul \x00 emoji 😀'
+    store.append_sync(1, batch({"event": name, "properties": {"time": 1_700_000_000, "distinct_id": name, "$insert_id": "a"}}))
+    [e] = lines(store)
+    assert e["event"] == name and e["properties"]["distinct_id"] == name
+
+
+def test_a_failing_commit_stores_nothing(store: DuckDBStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eventkeep.store.duckdb as module
+
+    monkeypatch.setattr(module, "INSERT_SQL", module.INSERT_SQL + " RETURNING no_such_column")
+    with pytest.raises(Exception, match=r"no_such_column|Binder"):
+        store.append_sync(1, batch(ev("a"), ev("b")))
+    monkeypatch.undo()
+    assert store.count(ScanQuery(1)) == 0
+    store.append_sync(1, batch(ev("c")))
+    assert store.count(ScanQuery(1)) == 1

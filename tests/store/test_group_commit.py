@@ -1,0 +1,100 @@
+"""Group commit: waiting requests share one commit, and every waiter hears the outcome."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from eventkeep.store.base import StoreUnavailable
+from eventkeep.store.group_commit import GroupCommitter
+
+
+def test_requests_waiting_during_a_commit_share_the_next_one() -> None:
+    gate = threading.Event()
+    commits: list[list[int]] = []
+
+    def commit(items: list[int]) -> None:
+        commits.append(items)
+        if len(commits) == 1:
+            gate.wait(timeout=10)
+
+    writer: GroupCommitter[int] = GroupCommitter(commit)
+    try:
+        first = writer.submit(0, 1)
+        while not commits:  # the writer is now inside the first commit, blocked on the gate
+            threading.Event().wait(0.001)
+        waiting = [writer.submit(i, 1) for i in range(1, 21)]
+        gate.set()
+        for future in [first, *waiting]:
+            assert future.result(timeout=10) is None
+    finally:
+        writer.close()
+    assert commits == [[0], list(range(1, 21))]
+
+
+def test_a_failed_commit_fails_every_request_in_it() -> None:
+    def commit(items: list[int]) -> None:
+        raise OSError("disk full")
+
+    writer: GroupCommitter[int] = GroupCommitter(commit)
+    try:
+        futures: list[Future[None]] = [writer.submit(i, 10) for i in range(3)]
+        for future in futures:
+            with pytest.raises(StoreUnavailable, match="disk full"):
+                future.result(timeout=10)
+    finally:
+        writer.close()
+
+
+def test_commits_are_capped_in_rows() -> None:
+    gate = threading.Event()
+    commits: list[list[int]] = []
+
+    def commit(items: list[int]) -> None:
+        commits.append(items)
+        gate.wait(timeout=10)
+
+    writer: GroupCommitter[int] = GroupCommitter(commit, max_rows_per_commit=100)
+    try:
+        futures = [writer.submit(0, 60)]
+        while not commits:
+            threading.Event().wait(0.001)
+        futures += [writer.submit(i, 60) for i in range(1, 5)]
+        gate.set()
+        for future in futures:
+            future.result(timeout=10)
+    finally:
+        writer.close()
+    assert commits == [[0], [1], [2], [3], [4]]
+
+
+def test_a_full_queue_refuses_instead_of_growing() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def commit(items: list[int]) -> None:
+        started.set()
+        gate.wait(timeout=10)
+
+    writer: GroupCommitter[int] = GroupCommitter(commit, max_pending_rows=100)
+    try:
+        writer.submit(0, 50)
+        assert started.wait(timeout=10)  # taken by the writer, which now blocks
+        accepted = writer.submit(1, 60)
+        with pytest.raises(StoreUnavailable):
+            for i in range(2, 10):  # the queue holds at most 100 rows: one of these must be refused
+                writer.submit(i, 60)
+        gate.set()
+        accepted.result(timeout=10)
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_close_refuses_new_work() -> None:
+    writer: GroupCommitter[int] = GroupCommitter(lambda items: None)
+    writer.close()
+    with pytest.raises(StoreUnavailable):
+        writer.submit(1, 1)
