@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from eventkeep.errors import RecordError, internal_error, invalid_credentials, request_too_large, store_unavailable
+from eventkeep.errors import (
+    RecordError,
+    internal_error,
+    invalid_credentials,
+    request_too_large,
+    store_unavailable,
+)
 from eventkeep.http.responses import Answer, Style, render_error, render_import, render_track
 
 JSON = Answer(Style.IMPORT_JSON)
