@@ -62,6 +62,7 @@ class ServerProcess:
     """`eventkeep serve` on loopback, with its peak RSS readable from /proc."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -78,6 +79,26 @@ class ServerProcess:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("server did not start")
+
+    def secret(self) -> str:
+        """The API secret of the project the server created on its first start."""
+        from eventkeep.projects.sqlite import SQLiteRegistry
+
+        registry = SQLiteRegistry(self.data_dir / "projects.sqlite3")
+        try:
+            return registry.list_projects()[0].secret
+        finally:
+            registry.close()
+
+    def count(self, secret: str) -> int:
+        """Stored events of that project, counted through the export API."""
+        lines = 0
+        params = {"from_date": "1971-01-01", "to_date": "2100-01-01"}
+        with httpx.stream("GET", self.url + "/api/2.0/export", params=params, auth=(secret, ""), timeout=600) as r:
+            r.raise_for_status()
+            for chunk in r.iter_bytes():
+                lines += chunk.count(b"\n")
+        return lines
 
     def rss_mb(self, field: str = "VmRSS") -> float:
         return proc_memory_mb(self.process.pid, field)

@@ -18,10 +18,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ServerProcess, machine, realistic_events  # noqa: E402
-from eventkeep.ingest.validate import IngestContext, validate_events  # noqa: E402
-from eventkeep.projects.sqlite import SQLiteRegistry  # noqa: E402
-from eventkeep.store.duckdb import DuckDBStore  # noqa: E402
+from bench.common import ServerProcess, machine, realistic_events
+from eventkeep.ingest.validate import IngestContext, validate_events
+from eventkeep.projects.sqlite import SQLiteRegistry
+from eventkeep.store.duckdb import DuckDBStore
 
 
 def load(data_dir: Path, count: int) -> tuple[int, str]:

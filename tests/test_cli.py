@@ -1,0 +1,108 @@
+"""The `eventkeep` command line: projects and service accounts, scriptable with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import Server
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eventkeep", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def run_json(*args: str, env: dict[str, str] | None = None) -> Any:
+    result = run(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_projects_create_json_and_list(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    created = run_json("projects", "create", "Web", "--time-zone", "Europe/Paris", "--json", "--data-dir", data)
+    assert set(created) == {"id", "token", "secret"}
+    assert len(created["token"]) == 32 and len(created["secret"]) == 32 and created["token"] != created["secret"]
+    listed = run_json("projects", "list", "--json", "--data-dir", data)
+    assert [(p["id"], p["name"], p["time_zone"]) for p in listed] == [(created["id"], "Web", "Europe/Paris")]
+    shown = run_json("projects", "show", "Web", "--json", "--data-dir", data)
+    assert shown["token"] == created["token"] and shown["secret"] == created["secret"]
+
+
+def test_data_dir_from_the_environment(tmp_path: Path) -> None:
+    env = {"EVENTKEEP_DATA_DIR": str(tmp_path / "env-dir")}
+    created = run_json("projects", "create", "A", "--json", env=env)
+    assert (tmp_path / "env-dir" / "projects.sqlite3").exists()
+    assert run_json("projects", "list", "--json", env=env)[0]["id"] == created["id"]
+
+
+def test_store_url_selects_the_same_store(tmp_path: Path) -> None:
+    url = f"duckdb://{tmp_path}/s/events.duckdb"
+    created = run_json("projects", "create", "B", "--json", "--store", url)
+    assert run_json("projects", "show", str(created["id"]), "--json", "--data-dir", str(tmp_path / "s"))["name"] == "B"
+
+
+def test_unknown_time_zone_is_refused(tmp_path: Path) -> None:
+    result = run("projects", "create", "X", "--time-zone", "Mars/Olympus", "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and "unknown time zone" in result.stderr
+
+
+def test_project_settings_change(tmp_path: Path) -> None:
+    data = str(tmp_path)
+    created = run_json("projects", "create", "C", "--json", "--data-dir", data)
+    changed = run_json("projects", "set", str(created["id"]), "--time-zone", "America/Los_Angeles",
+                       "--legacy-local-time", "on", "--json", "--data-dir", data)
+    assert changed["time_zone"] == "America/Los_Angeles" and changed["legacy_local_time"] is True
+
+
+def test_service_account_created_while_the_server_runs_works_at_once(server: Server) -> None:
+    data = str(server.data_dir)
+    created = run_json("projects", "create", "Live", "--json", "--data-dir", data)
+    account = run_json("service-accounts", "create", str(created["id"]), "--json", "--data-dir", data)
+    assert set(account) >= {"username", "secret"}
+    event = {"event": "e", "properties": {"time": 1_700_000_000, "distinct_id": "u", "$insert_id": "x1"}}
+    r = httpx.post(f"{server.url}/import", params={"project_id": created["id"]}, json=[event],
+                   auth=(account["username"], account["secret"]))
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{server.url}/import", params={"project_id": created["id"]}, json=[event],
+                   auth=(account["username"], "wrong"))
+    assert r.status_code == 401
+    shown = run_json("projects", "show", str(created["id"]), "--json", "--data-dir", data)
+    assert shown["service_accounts"] == [account["username"]]
+    assert account["secret"] not in json.dumps(shown)  # only the hash is kept
+
+
+def test_first_start_creates_and_prints_a_project(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path)
+    try:
+        projects = server.registry().list_projects()
+        assert len(projects) == 1
+        log = server.log()
+        assert projects[0].token in log and projects[0].secret in log
+        assert f"created project {projects[0].id}" in log
+    finally:
+        server.stop()
+
+
+def test_secrets_never_appear_in_the_server_log(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path)
+    try:
+        project = server.new_project()
+        httpx.post(f"{server.url}/import", params={"api_key": project.secret}, json=[{"event": ""}])
+        httpx.post(f"{server.url}/import", json=[{"event": "e"}], auth=("not-the-secret-xyz", ""))
+        server.stop()
+        assert project.secret not in server.log()
+        assert "not-the-secret-xyz" not in server.log()
+    finally:
+        server.stop()
