@@ -96,6 +96,16 @@ async def stats(request: Request) -> Response:
     return JSONResponse({str(k): v for k, v in state.counters.by_project.items()})
 
 
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """The last resort: a failure no handler caught still gets a well-formed answer."""
+    log.error("unexpected failure on %s", request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"code": 500, "error": "an internal error occurred; please retry", "status": "Internal Server Error"},
+        status_code=500,
+        headers={"Retry-After": "5"},
+    )
+
+
 def _both(path: str, endpoint: object, methods: list[str]) -> list[Route]:
     return [
         Route(path, endpoint, methods=methods),  # type: ignore[arg-type]
@@ -118,7 +128,12 @@ def create_app(state: AppState) -> Starlette:
         Route("/healthz", health),
         Route("/stats", stats),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(BrowserCORS)], lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BrowserCORS)],
+        exception_handlers={Exception: unexpected_error},
+        lifespan=lifespan,
+    )
     app.router.redirect_slashes = False
     app.state.eventkeep = state
     return app

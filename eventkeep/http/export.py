@@ -15,12 +15,15 @@ from starlette.responses import Response, StreamingResponse
 
 from eventkeep.auth import authenticate, parse_authorization
 from eventkeep.errors import ApiError, bad_request
+from eventkeep.http.body import read_body
+from eventkeep.ingest.payload import parse_form
 from eventkeep.projects.model import Project
 from eventkeep.store.base import ScanQuery
 
 log = logging.getLogger("eventkeep.export")
 
 MAX_LIMIT = 100_000
+MAX_FORM_BYTES = 64 * 1024
 # A last line no JSON parser accepts: a client reading line by line notices the cut.
 TERMINATED_EARLY = b"export terminated early\n"
 
@@ -101,10 +104,9 @@ def build_query(project: Project, params: dict[str, str]) -> tuple[ScanQuery, bo
 async def export_events(request: Request) -> Response:
     state = request.app.state.eventkeep
     params = dict(request.query_params)
-    if request.method == "POST":
-        form = await request.form()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
     try:
+        if request.method == "POST":
+            params.update(parse_form(await read_body(request, MAX_FORM_BYTES)))
         credentials = parse_authorization(request.headers.get("authorization"))
         project = authenticate(state.credentials, credentials, params, "export")
         query, time_in_ms = build_query(project, params)
