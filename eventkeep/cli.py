@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from eventkeep import __version__
 from eventkeep.projects.model import Project
@@ -103,6 +104,78 @@ def cmd_service_accounts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export from the store itself, or through the running server that holds it."""
+    from eventkeep.errors import ApiError
+    from eventkeep.exporting import build_query
+    from eventkeep.store.base import StoreUnavailable
+    from eventkeep.store.open import open_store
+
+    settings = _settings(args)
+    registry = open_registry(settings)
+    try:
+        project = _find_project(registry, args.project)
+    finally:
+        registry.close()
+    params = {"from_date": args.from_date, "to_date": args.to_date}
+    if args.event:
+        params["event"] = json.dumps(args.event)
+    if args.where:
+        params["where"] = args.where
+    if args.limit is not None:
+        params["limit"] = str(args.limit)
+    if args.time_in_ms:
+        params["time_in_ms"] = "true"
+    try:
+        query, time_in_ms = build_query(project, params)
+    except ApiError as exc:
+        raise SystemExit(f"eventkeep: {exc.message}") from None
+    with _output(args.output) as out:
+        try:
+            store, store_registry = open_store(settings)
+        except StoreUnavailable:
+            return _export_through_server(args.url or f"http://127.0.0.1:{settings.port}", project, params, out)
+        try:
+            zone = project.time_zone if project.legacy_local_time else None
+            for chunk in store.export_lines(query, time_in_ms=time_in_ms, local_time_zone=zone):
+                out.write(chunk)
+        finally:
+            store.close()
+            store_registry.close()
+    return 0
+
+
+def _output(path: str | None) -> Any:
+    import contextlib
+    import gzip
+
+    if path is None or path == "-":
+        return contextlib.nullcontext(sys.stdout.buffer)
+    if path.endswith(".gz"):
+        return gzip.open(path, "wb", compresslevel=6)
+    return open(path, "wb")
+
+
+def _export_through_server(url: str, project: Project, params: dict[str, str], out: Any) -> int:
+    import httpx
+
+    print(f"eventkeep: the store is in use; exporting through the server at {url}", file=sys.stderr)
+    try:
+        with httpx.stream("GET", f"{url}/api/2.0/export", params=params, auth=(project.secret, ""), timeout=None) as response:
+            if response.status_code != 200:
+                response.read()
+                raise SystemExit(f"eventkeep: the server answered {response.status_code}: {response.text}")
+            tail = b""
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                tail = (tail + chunk)[-64:]
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"eventkeep: cannot reach the server at {url}: {exc}") from None
+    if tail.endswith(b"export terminated early\n"):
+        raise SystemExit("eventkeep: the export was cut short by the server; run it again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventkeep", description="A self-hosted, Mixpanel-compatible event store.")
     parser.add_argument("--version", action="version", version=f"eventkeep {__version__}")
@@ -138,6 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (create, listing, show, setter):
         _add_store_flags(sub)
     projects.set_defaults(func=cmd_projects)
+
+    export = commands.add_parser(
+        "export",
+        help="write a project's raw events as JSONL (Mixpanel export format)",
+        description="Export raw events on the server's own machine, straight from the store, or "
+        "through the running server when it holds the store. Example: eventkeep export 1 "
+        "--from-date 2024-01-01 --to-date 2024-01-31 --event Purchased -o jan.jsonl.gz",
+    )
+    export.add_argument("project", help="project id or name")
+    export.add_argument("--from-date", required=True, help="first day, yyyy-mm-dd, in the project's time zone")
+    export.add_argument("--to-date", required=True, help="last day (inclusive), yyyy-mm-dd")
+    export.add_argument("--event", action="append", help="only this event name (repeat for more)")
+    export.add_argument("--where", help='a filter expression, e.g. \'properties["plan"] == "pro"\'')
+    export.add_argument("--limit", type=int, help="at most this many events")
+    export.add_argument("--time-in-ms", action="store_true", help="time in milliseconds")
+    export.add_argument("-o", "--output", help="file to write (.gz compresses); default stdout")
+    export.add_argument("--url", help="the running server, when it holds the store (default http://127.0.0.1:PORT)")
+    export.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    _add_store_flags(export)
+    export.set_defaults(func=cmd_export)
 
     accounts = commands.add_parser("service-accounts", help="create service accounts")
     account_actions = accounts.add_subparsers(dest="action", required=True)

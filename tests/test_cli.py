@@ -106,3 +106,47 @@ def test_secrets_never_appear_in_the_server_log(tmp_path: Path) -> None:
         assert "not-the-secret-xyz" not in server.log()
     finally:
         server.stop()
+
+
+def _import(server: Server, secret: str, events: list[dict[str, Any]]) -> None:
+    r = httpx.post(f"{server.url}/import", json=events, auth=(secret, ""))
+    assert r.status_code == 200, r.text
+
+
+def _events(n: int, name: str = "Played") -> list[dict[str, Any]]:
+    return [{"event": name, "properties": {"time": 1_700_000_000 + i, "distinct_id": f"u{i}", "$insert_id": f"id{i}"}}
+            for i in range(n)]
+
+
+def test_export_through_the_running_server(server: Server) -> None:
+    project = server.new_project()
+    _import(server, project.secret, [*_events(3), *_events(2, "Other")])
+    result = run("export", str(project.id), "--from-date", "2023-11-14", "--to-date", "2023-11-14", "--event", "Played",
+                 "--data-dir", str(server.data_dir), "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    exported = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["properties"]["distinct_id"] for e in exported] == ["u0", "u1", "u2"]
+    assert "through the server" in result.stderr
+
+
+def test_export_straight_from_the_store_when_no_server_runs(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path)
+    project = server.new_project()
+    _import(server, project.secret, _events(5))
+    server.stop()
+    out = tmp_path / "out.jsonl.gz"
+    result = run("export", project.name, "--from-date", "2023-11-14", "--to-date", "2023-11-14", "--time-in-ms",
+                 "-o", str(out), "--data-dir", str(server.data_dir))
+    assert result.returncode == 0, result.stderr
+    import gzip
+
+    exported = [json.loads(line) for line in gzip.decompress(out.read_bytes()).splitlines()]
+    assert [e["properties"]["time"] for e in exported] == [(1_700_000_000 + i) * 1000 for i in range(5)]
+
+
+def test_export_refuses_bad_dates(tmp_path: Path) -> None:
+    created = run_json("projects", "create", "D", "--json", "--data-dir", str(tmp_path))
+    result = run("export", str(created["id"]), "--from-date", "2024-02-02", "--to-date", "2024-02-01", "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and "is before 'from_date'" in result.stderr
