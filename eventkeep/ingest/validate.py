@@ -24,8 +24,6 @@ Endpoint = Literal["import", "track"]
 _encode = msgspec.json.encode
 _INSERT_ID_RE = re.compile(r"[A-Za-z0-9-]+")
 
-# Properties that live in their own columns, or that are credentials, never stored as-is.
-_COLUMN_KEYS = frozenset({"time", "distinct_id", "token"})
 
 TIME_MESSAGE = "'properties.time' is invalid: must be specified as seconds since epoch"
 TIME_TOO_OLD = "'properties.time' is invalid: must not be before 1971-01-01"
@@ -141,109 +139,132 @@ def _event_size(item: Any) -> int:
 def _validate_one(
     item: Any, index: int, ctx: IngestContext, track: bool
 ) -> RecordError | tuple[str, str, int, str, dict[str, Any], str | None, int] | None:
-    if not isinstance(item, dict):
+    """Check one event and turn its properties into what is stored.
+
+    This runs once per event on the ingest path: plain scalars, by far the most common
+    property values, take a fast path, and the properties are copied once and then edited
+    in place (the caller's data is never changed).
+    """
+    if type(item) is not dict:
         return RecordError(index, None, "event", NOT_OBJECT)
     props = item.get("properties")
     if props is None:
         props = {}
-    elif not isinstance(props, dict):
+    elif type(props) is not dict:
         return RecordError(index, None, "properties", PROPERTIES_TYPE)
     raw_insert_id = props.get("$insert_id")
-    reported_id = raw_insert_id if isinstance(raw_insert_id, str) else None
-
-    def fail(field_name: str, message: str) -> RecordError:
-        return RecordError(index, reported_id, field_name, message)
+    reported_id = raw_insert_id if type(raw_insert_id) is str else None
 
     ignore = props.get("$ignore")
     if ignore is not None and ignore is not False and ignore != "":
         return None
 
     name = item.get("event")
-    if name is None or (isinstance(name, str) and not name.strip()):
-        return fail("event", EVENT_BLANK)
     if not isinstance(name, str):
-        return fail("event", EVENT_TYPE)
-    if _has_surrogates(name):
-        return fail("event", "'event' is invalid: string should be valid utf8")
+        if name is None:
+            return RecordError(index, reported_id, "event", EVENT_BLANK)
+        return RecordError(index, reported_id, "event", EVENT_TYPE)
+    if not name.strip():
+        return RecordError(index, reported_id, "event", EVENT_BLANK)
+    if not name.isascii() and _has_surrogates(name):
+        return RecordError(index, reported_id, "event", "'event' is invalid: string should be valid utf8")
 
     # time
     raw_time = props.get("time")
     if raw_time is None and track and "time" not in props:
         time_ms = ctx.now_ms
     else:
-        if isinstance(raw_time, bool) or not isinstance(raw_time, int | float):
-            return fail("properties.time", TIME_MESSAGE)
+        if not isinstance(raw_time, int | float) or isinstance(raw_time, bool):
+            return RecordError(index, reported_id, "properties.time", TIME_MESSAGE)
         time_ms = round(raw_time) if abs(raw_time) > limits.MS_THRESHOLD else round(raw_time * 1000)
         if time_ms < limits.MIN_TIME_MS:
-            return fail("properties.time", TIME_TOO_OLD)
+            return RecordError(index, reported_id, "properties.time", TIME_TOO_OLD)
         if time_ms > ctx.now_ms:
             if time_ms > ctx.now_ms + limits.MAX_FUTURE_MS:
-                return fail("properties.time", TIME_FUTURE)
+                return RecordError(index, reported_id, "properties.time", TIME_FUTURE)
             time_ms = ctx.now_ms
         if track and time_ms < ctx.now_ms - limits.TRACK_MAX_AGE_MS:
-            return fail("properties.time", TIME_TRACK_AGE)
+            return RecordError(index, reported_id, "properties.time", TIME_TRACK_AGE)
 
     # distinct_id
     raw_id = props.get("distinct_id")
-    if raw_id is None:
-        distinct_id = _fallback_distinct_id(props, ctx)
-        if distinct_id is None:
-            return fail("properties.distinct_id", DISTINCT_ID_MISSING)
-    elif isinstance(raw_id, str):
+    distinct_id: str
+    if isinstance(raw_id, str):
         distinct_id = raw_id
+    elif raw_id is None:
+        fallback = _fallback_distinct_id(props, ctx)
+        if fallback is None:
+            return RecordError(index, reported_id, "properties.distinct_id", DISTINCT_ID_MISSING)
+        distinct_id = fallback
     elif isinstance(raw_id, int | float) and not isinstance(raw_id, bool):
         distinct_id = _encode(raw_id).decode()
     else:
-        return fail("properties.distinct_id", DISTINCT_ID_TYPE)
-    if distinct_id.strip().lower() in limits.DISALLOWED_IDS:
-        return fail(
-            "properties.distinct_id", DISTINCT_ID_DISALLOWED.format(value=distinct_id)
-        )
-    if _has_surrogates(distinct_id):
-        return fail(
-            "properties.distinct_id", "properties.distinct_id is invalid: string should be valid utf8"
-        )
+        return RecordError(index, reported_id, "properties.distinct_id", DISTINCT_ID_TYPE)
+    if len(distinct_id) <= 64 and distinct_id.strip().lower() in limits.DISALLOWED_IDS:
+        message = DISTINCT_ID_DISALLOWED.format(value=distinct_id)
+        return RecordError(index, reported_id, "properties.distinct_id", message)
+    if not distinct_id.isascii() and _has_surrogates(distinct_id):
+        message = "properties.distinct_id is invalid: string should be valid utf8"
+        return RecordError(index, reported_id, "properties.distinct_id", message)
 
     # $insert_id
     if raw_insert_id is None:
         insert_id = uuid.uuid4().hex
     elif not isinstance(raw_insert_id, str):
-        return fail("$insert_id", INSERT_ID_TYPE)
+        return RecordError(index, reported_id, "$insert_id", INSERT_ID_TYPE)
     else:
         insert_id = raw_insert_id
         if len(insert_id) > limits.MAX_INSERT_ID_BYTES:
-            return fail("$insert_id", INSERT_ID_LENGTH)
+            return RecordError(index, reported_id, "$insert_id", INSERT_ID_LENGTH)
         if not _INSERT_ID_RE.fullmatch(insert_id):
-            return fail("$insert_id", INSERT_ID_CHARS)
+            return RecordError(index, reported_id, "$insert_id", INSERT_ID_CHARS)
         if insert_id.lower() in limits.DISALLOWED_IDS:
-            return fail("$insert_id", INSERT_ID_DISALLOWED.format(value=insert_id))
+            message = INSERT_ID_DISALLOWED.format(value=insert_id)
+            return RecordError(index, reported_id, "$insert_id", message)
 
     if len(props) >= limits.MAX_PROPERTIES:
-        return fail("properties", TOO_MANY_PROPERTIES)
+        return RecordError(index, reported_id, "properties", TOO_MANY_PROPERTIES)
 
     size = _event_size(item)
     if size >= limits.MAX_EVENT_BYTES:
-        return fail("event", EVENT_TOO_LARGE)
+        return RecordError(index, reported_id, "event", EVENT_TOO_LARGE)
 
-    token = props.get("token")
-    stored: dict[str, Any] = {}
+    props = dict(props)
+    renamed: list[tuple[str, str]] = []
     for key, value in props.items():
-        if key in _COLUMN_KEYS:
-            continue
-        problem = _check_value(value, 1)
-        if problem is not None:
-            return fail(f"properties.{key}", f"properties.{key} is invalid: {problem}")
-        if _has_surrogates(key):
-            return fail("properties", "properties is invalid: property names should be valid utf8")
+        kind = type(value)
+        if kind is str:
+            if len(value) > limits.MAX_STRING_CHARS:
+                props[key] = value = value[: limits.MAX_STRING_CHARS]
+            if not value.isascii() and _has_surrogates(value):
+                return _property_error(index, reported_id, key, "string should be valid utf8")
+        elif kind is not int and kind is not float and kind is not bool and value is not None:
+            try:
+                props[key] = _clean(value, 1)
+            except _Invalid as problem:
+                return _property_error(index, reported_id, key, str(problem))
+        if not key.isascii() and _has_surrogates(key):
+            return RecordError(
+                index, reported_id, "properties", "properties is invalid: property names should be valid utf8"
+            )
         if len(key) > limits.MAX_STRING_CHARS:
-            key = key[: limits.MAX_STRING_CHARS]
-        stored[key] = _truncate(value)
-    stored["$insert_id"] = insert_id
+            renamed.append((key, key[: limits.MAX_STRING_CHARS]))
+    for old, new in renamed:
+        props[new] = props.pop(old)
+
+    token = props.pop("token", None)
+    props.pop("time", None)
+    props.pop("distinct_id", None)
+    props["$insert_id"] = insert_id
     if len(name) > limits.MAX_STRING_CHARS:
         name = name[: limits.MAX_STRING_CHARS]
     if len(distinct_id) > limits.MAX_STRING_CHARS:
         distinct_id = distinct_id[: limits.MAX_STRING_CHARS]
-    return name, distinct_id, time_ms, insert_id, stored, token if isinstance(token, str) else None, size
+    return name, distinct_id, time_ms, insert_id, props, token if type(token) is str else None, size
+
+
+def _property_error(index: int, insert_id: str | None, key: str, problem: str) -> RecordError:
+    return RecordError(index, insert_id, f"properties.{key}", f"properties.{key} is invalid: {problem}")
 
 
 def _fallback_distinct_id(props: dict[str, Any], ctx: IngestContext) -> str | None:
@@ -272,46 +293,36 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _check_value(value: Any, depth: int) -> str | None:
-    """Say what is wrong with a property value, or None. Depth counts containers."""
-    if isinstance(value, str):
-        return "string should be valid utf8" if _has_surrogates(value) else None
-    if isinstance(value, list):
-        if depth > limits.MAX_NESTING_DEPTH:
-            return f"max nesting depth is {limits.MAX_NESTING_DEPTH}"
-        if len(value) >= limits.MAX_ARRAY_ELEMENTS:
-            return "arrays must have fewer than 255 elements"
-        for element in value:
-            problem = _check_value(element, depth + 1)
-            if problem is not None:
-                return problem
-        return None
-    if isinstance(value, dict):
-        if depth > limits.MAX_NESTING_DEPTH:
-            return f"max nesting depth is {limits.MAX_NESTING_DEPTH}"
-        if len(value) >= limits.MAX_OBJECT_KEYS:
-            return "objects must have fewer than 255 keys"
-        for key, element in value.items():
-            if _has_surrogates(key):
-                return "string should be valid utf8"
-            problem = _check_value(element, depth + 1)
-            if problem is not None:
-                return problem
-        return None
-    if isinstance(value, OutOfRange):
-        return f"number {value.text} is out of range"
-    return None
+class _Invalid(Exception):
+    """Raised from deep inside a property value; carries the reason."""
 
 
-def _truncate(value: Any) -> Any:
-    """Cut strings (and nested object keys) to 255 characters, as Mixpanel does."""
+def _clean(value: Any, depth: int) -> Any:
+    """Check a nested value against the limits and truncate its strings and keys.
+
+    `depth` counts the containers (objects or lists) down to this one.
+    """
     if isinstance(value, str):
+        if not value.isascii() and _has_surrogates(value):
+            raise _Invalid("string should be valid utf8")
         return value if len(value) <= limits.MAX_STRING_CHARS else value[: limits.MAX_STRING_CHARS]
     if isinstance(value, list):
-        return [_truncate(v) for v in value]
+        if depth > limits.MAX_NESTING_DEPTH:
+            raise _Invalid(f"max nesting depth is {limits.MAX_NESTING_DEPTH}")
+        if len(value) >= limits.MAX_ARRAY_ELEMENTS:
+            raise _Invalid("arrays must have fewer than 255 elements")
+        return [_clean(element, depth + 1) for element in value]
     if isinstance(value, dict):
-        return {
-            (k if len(k) <= limits.MAX_STRING_CHARS else k[: limits.MAX_STRING_CHARS]): _truncate(v)
-            for k, v in value.items()
-        }
+        if depth > limits.MAX_NESTING_DEPTH:
+            raise _Invalid(f"max nesting depth is {limits.MAX_NESTING_DEPTH}")
+        if len(value) >= limits.MAX_OBJECT_KEYS:
+            raise _Invalid("objects must have fewer than 255 keys")
+        cleaned = {}
+        for key, element in value.items():
+            if not key.isascii() and _has_surrogates(key):
+                raise _Invalid("string should be valid utf8")
+            cleaned[key[: limits.MAX_STRING_CHARS]] = _clean(element, depth + 1)
+        return cleaned
+    if isinstance(value, OutOfRange):
+        raise _Invalid(f"number {value.text} is out of range")
     return value
