@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from eventkeep.http import export, ingest
+from eventkeep.http import export, ingest, profiles
 from eventkeep.projects.registry import CredentialCache, ProjectRegistry
 from eventkeep.settings import Settings
 from eventkeep.store.base import EventStore
@@ -125,6 +125,9 @@ def create_app(state: AppState) -> Starlette:
         *_both("/import", ingest.import_events, ingest_methods),
         *_both("/track", ingest.track_events, ingest_methods),
         *_both("/api/2.0/export", export.export_events, ["GET", "POST"]),
+        *_both("/engage", profiles.engage, ingest_methods),
+        *_both("/groups", profiles.groups, ingest_methods),
+        *_both("/api/2.0/engage", profiles.query_profiles, ["GET", "POST"]),
         Route("/healthz", health),
         Route("/stats", stats),
     ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from eventkeep.errors import RecordError
+from eventkeep.ingest.profiles import ProfileUpdate
 from eventkeep.ingest.validate import ValidBatch
 
 
@@ -40,5 +42,18 @@ class EventStore(Protocol):
         ...
 
     def count(self, query: ScanQuery) -> int: ...
+
+    async def update_profiles(
+        self, project_id: int, updates: Sequence[ProfileUpdate]
+    ) -> list[RecordError]:
+        """Apply the updates in order, atomically; return once committed.
+
+        Returns the updates refused for breaking a profile limit (they change nothing).
+        """
+        ...
+
+    def get_profile(self, project_id: int, kind: str, profile_id: str) -> dict[str, Any] | None:
+        """A profile's properties, or None. `kind`: "user", or `group_kind(group_key)`."""
+        ...
 
     def close(self) -> None: ...

@@ -19,13 +19,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
+from eventkeep.errors import RecordError
+from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
 from eventkeep.ingest.validate import ValidBatch
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.group_commit import GroupCommitter
@@ -63,6 +67,35 @@ ON CONFLICT (key) DO UPDATE SET
     ingested_ms = excluded.ingested_ms
 """
 
+# User and group profiles (spec §4): `kind` is "user" or "group:<group key>"; `properties`
+# is the profile's JSON object. Written only by the writer thread, which reads, applies and
+# writes back inside one transaction, so concurrent requests never lose an update.
+PROFILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (
+    project_id INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,
+    id VARCHAR NOT NULL,
+    properties VARCHAR NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (project_id, kind, id)
+);
+"""
+
+_PROFILE_KEYS_ARROW = pa.schema(
+    [("project_id", pa.int32()), ("kind", pa.string()), ("id", pa.string())]
+)
+
+
+@dataclass
+class _ProfileWork:
+    """One request's profile updates for one project, queued on the events writer."""
+
+    project_id: int
+    updates: Sequence[ProfileUpdate]
+    errors: list[RecordError] = field(default_factory=list)
+    failure: BaseException | None = None
+
+
 _SCHEMA_ARROW = pa.schema(
     [
         ("project_id", pa.int32()),
@@ -94,13 +127,15 @@ class DuckDBStore:
         if memory_limit:
             self._con.execute(f"SET memory_limit = '{memory_limit}'")
         self._con.execute(SCHEMA)
+        self._con.execute(PROFILES_SCHEMA)
         self._con.execute(
             "INSERT INTO eventkeep_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
         )
         self._read_lock = threading.Lock()
-        self._writer: GroupCommitter[tuple[int, ValidBatch]] = GroupCommitter(
-            self._commit, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
+        # One writer for events and profiles, so their transactions never interleave.
+        self._writer: GroupCommitter[tuple[int, ValidBatch] | _ProfileWork] = GroupCommitter(
+            self._commit_any, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
         )
 
     # -- writing -------------------------------------------------------------------------
@@ -131,6 +166,126 @@ class DuckDBStore:
             con.unregister("incoming")
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
             self._checkpoint()
+
+    def _commit_any(self, items: list[tuple[int, ValidBatch] | _ProfileWork]) -> None:
+        """Events commit as before; profile work follows in its own transaction.
+
+        A failed event commit fails the whole group (nothing of it is committed); a failed
+        profile commit is reported to its own requests only, since the events are durable.
+        """
+        events = [item for item in items if not isinstance(item, _ProfileWork)]
+        profiles = [item for item in items if isinstance(item, _ProfileWork)]
+        if events:
+            self._commit(events)
+        if profiles:
+            self._commit_profiles(profiles)
+
+    # -- profiles ------------------------------------------------------------------------
+
+    async def update_profiles(
+        self, project_id: int, updates: Sequence[ProfileUpdate]
+    ) -> list[RecordError]:
+        if not updates:
+            return []
+        work = _ProfileWork(project_id, updates)
+        await self._writer.append(work, len(updates))
+        if work.failure is not None:
+            raise StoreUnavailable(str(work.failure)) from work.failure
+        return work.errors
+
+    def _commit_profiles(self, works: list[_ProfileWork]) -> None:
+        """Read, apply in queue order, write back: one transaction for every waiting request."""
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                self._apply_profile_work(works)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            log.exception("profile commit of %d requests failed", len(works))
+            for work in works:
+                work.errors.clear()
+                work.failure = exc
+            return
+        if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
+            self._checkpoint()
+
+    def _apply_profile_work(self, works: list[_ProfileWork]) -> None:
+        con = self._con
+        keys = list(
+            dict.fromkeys(
+                (work.project_id, update.kind, update.profile_id)
+                for work in works
+                for update in work.updates
+            )
+        )
+        state: dict[tuple[int, str, str], dict[str, Any] | None] = dict.fromkeys(keys)
+        con.register("wanted_profiles", _profile_keys_table(keys))
+        try:
+            rows = con.execute(
+                "SELECT p.project_id, p.kind, p.id, p.properties FROM profiles p "
+                "JOIN wanted_profiles w USING (project_id, kind, id)"
+            ).fetchall()
+        finally:
+            con.unregister("wanted_profiles")
+        existed = set()
+        for project_id, kind, profile_id, properties in rows:
+            key = (int(project_id), str(kind), str(profile_id))
+            state[key] = msgspec.json.decode(properties)
+            existed.add(key)
+        changed: set[tuple[int, str, str]] = set()
+        for work in works:
+            for update in work.updates:
+                key = (work.project_id, update.kind, update.profile_id)
+                result, error = apply_checked(state[key], update)
+                if error is not None:
+                    work.errors.append(error)
+                    continue
+                state[key] = result
+                changed.add(key)
+        upserts = [key for key in keys if key in changed and state[key] is not None]
+        deletes = [key for key in keys if key in changed and state[key] is None and key in existed]
+        now_ms = int(time.time() * 1000)
+        if upserts:
+            table = _profile_keys_table(upserts)
+            table = table.append_column(
+                "properties", pa.array([_encode_profile(state[k]) for k in upserts], pa.string())
+            ).append_column("updated_ms", pa.array([now_ms] * len(upserts), pa.int64()))
+            con.register("incoming_profiles", table)
+            try:
+                con.execute(
+                    "INSERT INTO profiles SELECT project_id, kind, id, properties, updated_ms "
+                    "FROM incoming_profiles ON CONFLICT (project_id, kind, id) DO UPDATE SET "
+                    "properties = excluded.properties, updated_ms = excluded.updated_ms"
+                )
+            finally:
+                con.unregister("incoming_profiles")
+        if deletes:
+            con.register("deleted_profiles", _profile_keys_table(deletes))
+            try:
+                con.execute(
+                    "DELETE FROM profiles USING deleted_profiles d WHERE profiles.project_id = "
+                    "d.project_id AND profiles.kind = d.kind AND profiles.id = d.id"
+                )
+            finally:
+                con.unregister("deleted_profiles")
+
+    def get_profile(self, project_id: int, kind: str, profile_id: str) -> dict[str, Any] | None:
+        cursor = self._con.cursor()
+        try:
+            row = cursor.execute(
+                "SELECT properties FROM profiles WHERE project_id = ? AND kind = ? AND id = ?",
+                [project_id, kind, profile_id],
+            ).fetchone()
+        finally:
+            cursor.close()
+        if row is None:
+            return None
+        profile: dict[str, Any] = msgspec.json.decode(row[0])
+        return profile
 
     def _wal_size(self) -> int:
         try:
@@ -218,6 +373,26 @@ class DuckDBStore:
             self._checkpoint()
         finally:
             self._con.close()
+
+
+def _profile_keys_table(keys: list[tuple[int, str, str]]) -> pa.Table:
+    return pa.Table.from_arrays(
+        [
+            pa.array([k[0] for k in keys], pa.int32()),
+            pa.array([k[1] for k in keys], pa.string()),
+            pa.array([k[2] for k in keys], pa.string()),
+        ],
+        schema=_PROFILE_KEYS_ARROW,
+    )
+
+
+def _encode_profile(profile: dict[str, Any] | None) -> str:
+    try:
+        return msgspec.json.encode(profile).decode()
+    except (TypeError, OverflowError, UnicodeEncodeError):  # pragma: no cover - validated
+        import json
+
+        return json.dumps(profile, ensure_ascii=False)
 
 
 def _string_column_bytes(column: pa.Array) -> bytes:
