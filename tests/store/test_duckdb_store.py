@@ -105,3 +105,20 @@ def test_a_failing_commit_stores_nothing(store: DuckDBStore, monkeypatch: pytest
     assert store.count(ScanQuery(1)) == 0
     store.append_sync(1, batch(ev("c")))
     assert store.count(ScanQuery(1)) == 1
+
+
+def test_windowed_export_keeps_global_order_bounds_and_limit(store: DuckDBStore) -> None:
+    hour = 3600
+    base = 1_700_000_000 - 1_700_000_000 % hour
+    times = [base + h * hour + s for h in range(6) for s in (7, 3, 5)]  # three events in each of six hours
+    store.append_sync(1, batch(*(ev(f"i{i}", t=t) for i, t in enumerate(reversed(times)))))
+
+    def exported(query: ScanQuery, **kwargs: Any) -> list[int]:
+        return [json.loads(line)["properties"]["time"] for chunk in store.export_lines(query, rows_per_window=4, **kwargs)
+                for line in chunk.splitlines()]
+
+    assert exported(ScanQuery(1)) == sorted(times)
+    assert exported(ScanQuery(1, limit=8)) == sorted(times)[:8]
+    assert exported(ScanQuery(1, limit=0)) == []
+    inside = ScanQuery(1, from_ms=(base + hour + 4) * 1000, to_ms=(base + 4 * hour + 6) * 1000)
+    assert exported(inside) == [t for t in sorted(times) if base + hour + 4 <= t < base + 4 * hour + 6]
