@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -32,6 +33,20 @@ def build_state(settings: Settings) -> AppState:
     return AppState(settings=settings, store=store, registry=registry, credentials=CredentialCache(registry))
 
 
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic collector off the ingest path.
+
+    Each request decodes thousands of small dicts and lists. With the default thresholds
+    the collector runs every 700 allocations and, every so often, walks every long-lived
+    object too; that cost several times the parse itself. Objects made at start-up are
+    frozen out of its view, and it runs far less often (request data is freed by
+    reference counting; there are few cycles to find).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -45,6 +60,7 @@ def serve(settings: Settings) -> int:
         print(f"eventkeep: {exc}", file=sys.stderr)
         return 1
     app = create_app(state)
+    _tune_garbage_collector()
     scheme = "https" if settings.tls_cert else "http"
     print(f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} ({settings.store_url})", flush=True)
     config = uvicorn.Config(
