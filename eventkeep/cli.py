@@ -22,7 +22,8 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store",
-        help="store URL, e.g. duckdb:///var/lib/eventkeep/events.duckdb (env EVENTKEEP_STORE)",
+        help="store URL, e.g. duckdb:///var/lib/eventkeep/events.duckdb or "
+        "clickhouse://HOST:8123/DATABASE[?cluster=NAME] (env EVENTKEEP_STORE)",
     )
 
 
@@ -145,6 +146,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the store's schema (ClickHouse: on every node of the cluster)."""
+    settings = _settings(args)
+    url = settings.store_url
+    if url.startswith(("clickhouse:", "clickhouses:")):
+        from eventkeep.store.base import StoreUnavailable
+        from eventkeep.store.clickhouse_schema import ClickHouseTarget, migrate
+
+        try:
+            results = migrate(ClickHouseTarget.parse(url), strict=True)
+        except (StoreUnavailable, ValueError) as exc:
+            raise SystemExit(f"eventkeep: migration failed: {exc}") from None
+        for address, before, after in results:
+            print(f"{address}: schema version {before} -> {after}")
+        return 0
+    from eventkeep.store.open import open_store
+
+    store, registry = open_store(settings)  # the embedded store creates its schema on open
+    store.close()
+    registry.close()
+    print(f"{url}: schema up to date")
+    return 0
+
+
 def _output(path: str | None) -> Any:
     import contextlib
     import gzip
@@ -185,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; env EVENTKEEP_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000; env EVENTKEEP_PORT)")
-    serve.add_argument("--workers", type=int, help="server processes (DuckDB allows one)")
+    serve.add_argument("--workers", type=int, help="server processes (DuckDB allows one; env EVENTKEEP_WORKERS)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (env EVENTKEEP_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert (env EVENTKEEP_TLS_KEY)")
     serve.add_argument("--log-level", help="debug, info, warning or error (default info)")
@@ -232,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(export)
     export.set_defaults(func=cmd_export)
 
+    migrate = commands.add_parser("migrate", help="create or upgrade the store's schema (also done on start)")
+    _add_store_flags(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
     accounts = commands.add_parser("service-accounts", help="create service accounts")
     account_actions = accounts.add_subparsers(dest="action", required=True)
     account_create = account_actions.add_parser("create", help="create a service account for a project")
@@ -240,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     account_create.add_argument("--json", action="store_true", help='print {"username", "secret"}')
     _add_store_flags(account_create)
     accounts.set_defaults(func=cmd_service_accounts)
+    from eventkeep.client.cli import register as register_bulk_commands  # import, pull
+
+    register_bulk_commands(commands)
     return parser
 
 
