@@ -1,13 +1,14 @@
-"""The `where` expression language (placeholder until the parser lands)."""
+"""The `where` expression language: parser, reference evaluator, and SQL compilers.
+
+The semantics are those of the where-language spec (where-language.md); `evaluate` is their
+reference implementation, and each store's compiled SQL must select exactly the events it
+matches.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from eventkeep.query.ast import Expr
+from eventkeep.query.errors import WhereSyntaxError
+from eventkeep.query.parser import parse as parse_where
 
-
-class WhereSyntaxError(ValueError):
-    """A `where` expression that does not parse; the message says where."""
-
-
-def parse_where(text: str) -> Any:
-    raise WhereSyntaxError("'where' filters are not supported yet")
+__all__ = ["Expr", "WhereSyntaxError", "parse_where"]
