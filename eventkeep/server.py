@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 
 import uvicorn
+from starlette.applications import Starlette
 
 from eventkeep.http.app import AppState, create_app
 from eventkeep.projects.registry import CredentialCache
@@ -47,6 +49,52 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def app_factory() -> Starlette:
+    """The app of one worker process: `uvicorn --factory eventkeep.server:app_factory`.
+
+    Worker processes start fresh (spawned, not forked with the parent's connections), so each
+    reads its settings from EVENTKEEP_* variables and opens its own store and registry.
+    """
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(build_state(settings))
+    _tune_garbage_collector()
+    return app
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """Several processes on one port (stores that allow it): settings go by environment."""
+    for name in ("data_dir", "log_level", "memory_limit"):
+        value = getattr(settings, name)
+        if value is not None:
+            os.environ[f"EVENTKEEP_{name.upper()}"] = str(value)
+    os.environ["EVENTKEEP_STORE"] = settings.store_url
+    scheme = "https" if settings.tls_cert else "http"
+    print(
+        f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} with {workers} workers "
+        f"({_redacted(settings.store_url)})",
+        flush=True,
+    )
+    uvicorn.run(
+        "eventkeep.server:app_factory",
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # request lines can carry api_key= in the query: never log them
+        log_level=settings.log_level,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_keep_alive=30,
+        lifespan="on",
+    )
+    return 0
+
+
 def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,15 +102,21 @@ def serve(settings: Settings) -> int:
     workers = settings.workers
     if settings.store_url.startswith("duckdb:") and workers != 1:
         log.warning("the DuckDB store allows one server process; ignoring --workers %d", workers)
+        workers = 1
     try:
         state = build_state(settings)
     except StoreUnavailable as exc:
         print(f"eventkeep: {exc}", file=sys.stderr)
         return 1
+    if workers > 1:
+        # The schema and the first project exist now; each worker opens its own store.
+        state.store.close()
+        state.registry.close()
+        return _serve_workers(settings, workers)
     app = create_app(state)
     _tune_garbage_collector()
     scheme = "https" if settings.tls_cert else "http"
-    print(f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} ({settings.store_url})", flush=True)
+    print(f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} ({_redacted(settings.store_url)})", flush=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -78,3 +132,14 @@ def serve(settings: Settings) -> int:
     )
     uvicorn.Server(config).run()
     return 0
+
+
+def _redacted(url: str) -> str:
+    """A store URL fit for the console: no password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
