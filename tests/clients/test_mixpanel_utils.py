@@ -187,3 +187,43 @@ def test_strict_import_answer_names_exactly_the_invalid_events(server: Server, p
         "status": "Bad Request",
     }
     assert len(server.export(project)) == 97
+
+
+STRIPPED = {"$import", "$mp_api_endpoint", "$mp_api_timestamp_ms", "$mp_event_size", "mp_processing_time_ms"}
+
+
+@pytest.mark.parametrize("gzip_header", [False, True])
+def test_export_events_returns_exactly_what_was_imported(
+    server: Server, project: ProjectCreds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gzip_header: bool
+) -> None:
+    """Issue [2] #1: values come back byte-for-byte as JSON had them, each event once."""
+    monkeypatch.chdir(tmp_path)
+    base = 1_700_006_400  # 2023-11-15T00:00:00Z
+    sent = [
+        {"event": "Purchased", "properties": {
+            "time": base + i, "distinct_id": f"u{i}", "$insert_id": f"exp-{i}",
+            "big": 123456789012345678901234567890 + i, "ratio": 0.1 + i, "neg": -i, "flag": i % 2 == 0,
+            "nothing": None, "text": "ünïcødé ✓ \"quoted\" \\ " + "😀" * (i % 3), "list": [1, "two", None, [3]],
+            "nested": {"a": {"b": [True, 1.5e300]}}}}
+        for i in range(50)
+    ]
+    response = httpx.post(f"{server.url}/import", json=sent, auth=(project.secret, ""), timeout=30)
+    assert response.status_code == 200, response.text
+    # Re-sending the same events must not make the export show any of them twice.
+    assert httpx.post(f"{server.url}/import", json=sent, auth=(project.secret, ""), timeout=30).status_code == 200
+
+    mpu = utils_for(server, project)
+    mpu.export_events("out.json", {"from_date": "2023-11-15", "to_date": "2023-11-15"}, add_gzip_header=gzip_header)
+    import json
+
+    exported = json.loads((tmp_path / "out.json").read_text())
+    assert len(exported) == len(sent)
+    by_id = {e["properties"]["$insert_id"]: e for e in exported}
+    assert set(by_id) == {e["properties"]["$insert_id"] for e in sent}
+    for original in sent:
+        got = by_id[original["properties"]["$insert_id"]]
+        assert got["event"] == original["event"]
+        kept = {k: v for k, v in got["properties"].items() if k not in STRIPPED}
+        assert kept == original["properties"]
+        for key, value in original["properties"].items():  # same JSON types, not just equal values
+            assert type(kept[key]) is type(value)
