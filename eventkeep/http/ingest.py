@@ -107,7 +107,7 @@ async def track_events(request: Request) -> Response:
             fallback = distinct_id_for_address(request.client.host)
         ctx = IngestContext("track", _now_ms(), _api_host(request), fallback)
         batch = validate_events(payload.items, ctx, payload.line_errors)
-        default_project = _optional_project(request, payload)
+        default_project = optional_project(request, payload)
         per_project, token_errors = _route_by_token(state, batch, default_project)
         await asyncio.gather(
             *(state.store.append(project_id, part) for project_id, part in per_project.items())
@@ -128,13 +128,30 @@ async def track_events(request: Request) -> Response:
         return render_error(answer, internal_error())
 
 
-def _optional_project(request: Request, payload: Payload) -> int | None:
-    """Credentials are optional on /track; when given, events without a token use them."""
+def optional_project(request: Request, payload: Payload) -> int | None:
+    """Credentials are optional on /track, /engage and /groups; items without a token use them."""
     credentials = parse_authorization(request.headers.get("authorization"))
     if credentials is None and "api_key" not in payload.params:
         return None
     project = authenticate(_state(request).credentials, credentials, payload.params, "ingest")
     return project.id
+
+
+class TokenRouter:
+    """Resolves the tokens of one request to project ids, each token once.
+
+    Items without a token go to the project the request's credentials name, if any.
+    """
+
+    def __init__(self, state: AppState, default_project: int | None) -> None:
+        self._credentials = state.credentials
+        self._resolved: dict[str | None, int | None] = {None: default_project, "": default_project}
+
+    def project_for(self, token: str | None) -> int | None:
+        if token not in self._resolved:
+            project = self._credentials.by_token(token) if token else None
+            self._resolved[token] = project.id if project is not None else None
+        return self._resolved[token]
 
 
 def _route_by_token(
@@ -143,15 +160,9 @@ def _route_by_token(
     """Split a /track batch by the project each event's token names."""
     rows_by_project: dict[int, list[int]] = {}
     errors: list[RecordError] = []
-    resolved: dict[str | None, int | None] = {}
+    router = TokenRouter(state, default_project)
     for row, token in enumerate(batch.tokens):
-        if token not in resolved:
-            if token:
-                project = state.credentials.by_token(token)
-                resolved[token] = project.id if project is not None else None
-            else:
-                resolved[token] = default_project
-        project_id = resolved[token]
+        project_id = router.project_for(token)
         if project_id is None:
             message = TOKEN_UNKNOWN if token else TOKEN_MISSING
             errors.append(RecordError(batch.indexes[row], batch.insert_ids[row], "properties.token", message))

@@ -30,8 +30,9 @@ from eventkeep.errors import (
     too_many_events,
 )
 from eventkeep.http.body import read_body
+from eventkeep.http.ingest import TokenRouter, optional_project
 from eventkeep.http.responses import Answer, Style, render_error, render_track
-from eventkeep.ingest.payload import Payload, looks_like_form, parse_body, parse_form
+from eventkeep.ingest.payload import looks_like_form, parse_body, parse_form
 from eventkeep.ingest.profiles import (
     MAX_UPDATES_PER_REQUEST,
     TOKEN_MISSING,
@@ -78,7 +79,7 @@ async def _update_profiles(request: Request, endpoint: Endpoint) -> Response:
         valid = validate_updates(
             payload.items, endpoint, int(time.time() * 1000), payload.line_errors
         )
-        default_project = _optional_project(request, payload)
+        default_project = optional_project(request, payload)
         per_project, token_errors = _route_by_token(state, valid.updates, default_project)
         refusals = await asyncio.gather(
             *(state.store.update_profiles(pid, part) for pid, part in per_project.items())
@@ -104,30 +105,16 @@ def _labelled(endpoint: Endpoint, error: RecordError) -> RecordError:
     return dataclasses.replace(error, message=_PREFIX[endpoint] + error.message)
 
 
-def _optional_project(request: Request, payload: Payload) -> int | None:
-    """Credentials are optional, as on /track; when given, updates without `$token` use them."""
-    credentials = parse_authorization(request.headers.get("authorization"))
-    if credentials is None and "api_key" not in payload.params:
-        return None
-    return authenticate(_state(request).credentials, credentials, payload.params, "ingest").id
-
-
 def _route_by_token(
     state: AppState, updates: list[ProfileUpdate], default_project: int | None
 ) -> tuple[dict[int, list[ProfileUpdate]], list[RecordError]]:
     """Group updates by the project their `$token` names, keeping request order in each."""
     per_project: dict[int, list[ProfileUpdate]] = {}
     errors: list[RecordError] = []
-    resolved: dict[str | None, int | None] = {}
+    router = TokenRouter(state, default_project)
     for update in updates:
         token = update.token
-        if token not in resolved:
-            if token:
-                project = state.credentials.by_token(token)
-                resolved[token] = project.id if project is not None else None
-            else:
-                resolved[token] = default_project
-        project_id = resolved[token]
+        project_id = router.project_for(token)
         if project_id is None:
             errors.append(
                 RecordError(update.index, None, "$token", TOKEN_UNKNOWN if token else TOKEN_MISSING)

@@ -40,6 +40,7 @@ import msgspec
 from eventkeep.errors import RecordError
 from eventkeep.ingest import limits
 from eventkeep.ingest.payload import OutOfRange
+from eventkeep.ingest.validate import has_invalid_utf8
 
 Endpoint = Literal["engage", "groups"]
 
@@ -160,7 +161,7 @@ def _validate_one(item: Any, index: int, endpoint: Endpoint, now_ms: int) -> Rec
             return _fail(index, "$distinct_id", DISTINCT_ID_MISSING)
         if profile_id.strip().lower() in limits.DISALLOWED_IDS:
             return _fail(index, "$distinct_id", DISTINCT_ID_PLACEHOLDER.format(value=profile_id))
-        if _has_surrogates(profile_id):
+        if has_invalid_utf8(profile_id):
             return _fail(index, "$distinct_id", "$distinct_id, string should be valid utf8")
         kind = USER_KIND
         allowed = USER_OPERATIONS
@@ -176,7 +177,7 @@ def _validate_one(item: Any, index: int, endpoint: Endpoint, now_ms: int) -> Rec
         group_id = _id_text(raw_group_id)
         if group_id is None:
             return _fail(index, "$group_id", GROUP_ID_TYPE)
-        if _has_surrogates(group_key) or _has_surrogates(group_id):
+        if has_invalid_utf8(group_key) or has_invalid_utf8(group_id):
             return _fail(index, "$group_id", "$group_id, string should be valid utf8")
         kind = group_kind(group_key[: limits.MAX_STRING_CHARS])
         profile_id = group_id
@@ -229,14 +230,14 @@ def _validate_value(operation: str, raw: Any) -> _Value | str:
     if operation == "$unset":
         if not isinstance(raw, list) or not raw or not all(isinstance(n, str) for n in raw):
             return UNSET_NOT_LIST
-        if any(_has_surrogates(n) for n in raw):
+        if any(has_invalid_utf8(n) for n in raw):
             return NAME_INVALID.format(op=operation)
         return _Value([n[: limits.MAX_STRING_CHARS] for n in raw])
     if not isinstance(raw, dict):
         return MUST_BE_OBJECT.format(op=operation)
     normalised: dict[str, Any] = {}
     for key, value in raw.items():
-        if _has_surrogates(key):
+        if has_invalid_utf8(key):
             return NAME_INVALID.format(op=operation)
         if operation == "$add":
             if not _is_number(value):
@@ -261,7 +262,7 @@ def _is_union_list(value: Any) -> bool:
 def _value_problem(value: Any) -> str | None:
     """What makes a value unstorable: text that is not UTF-8, a number no float holds."""
     if isinstance(value, str):
-        return "string should be valid utf8" if _has_surrogates(value) else None
+        return "string should be valid utf8" if has_invalid_utf8(value) else None
     if isinstance(value, OutOfRange):
         return f"number {value.text} is out of range"
     if isinstance(value, list):
@@ -271,23 +272,12 @@ def _value_problem(value: Any) -> str | None:
                 return problem
     elif isinstance(value, dict):
         for key, element in value.items():
-            if _has_surrogates(key):
+            if has_invalid_utf8(key):
                 return "string should be valid utf8"
             problem = _value_problem(element)
             if problem is not None:
                 return problem
     return None
-
-
-def _has_surrogates(text: str) -> bool:
-    """Text decoded from invalid UTF-8 carries lone surrogates; it cannot be stored."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _truncate(value: Any) -> Any:

@@ -166,7 +166,7 @@ def _validate_one(
         return RecordError(index, reported_id, "event", EVENT_TYPE)
     if not name.strip():
         return RecordError(index, reported_id, "event", EVENT_BLANK)
-    if not name.isascii() and _has_surrogates(name):
+    if not name.isascii() and has_invalid_utf8(name):
         return RecordError(index, reported_id, "event", "'event' is invalid: string should be valid utf8")
 
     # time
@@ -203,7 +203,7 @@ def _validate_one(
     if len(distinct_id) <= 64 and distinct_id.strip().lower() in limits.DISALLOWED_IDS:
         message = DISTINCT_ID_DISALLOWED.format(value=distinct_id)
         return RecordError(index, reported_id, "properties.distinct_id", message)
-    if not distinct_id.isascii() and _has_surrogates(distinct_id):
+    if not distinct_id.isascii() and has_invalid_utf8(distinct_id):
         message = "properties.distinct_id is invalid: string should be valid utf8"
         return RecordError(index, reported_id, "properties.distinct_id", message)
 
@@ -236,14 +236,14 @@ def _validate_one(
         if kind is str:
             if len(value) > limits.MAX_STRING_CHARS:
                 props[key] = value = value[: limits.MAX_STRING_CHARS]
-            if not value.isascii() and _has_surrogates(value):
+            if not value.isascii() and has_invalid_utf8(value):
                 return _property_error(index, reported_id, key, "string should be valid utf8")
         elif kind is not int and kind is not float and kind is not bool and value is not None:
             try:
                 props[key] = _clean(value, 1)
             except _Invalid as problem:
                 return _property_error(index, reported_id, key, str(problem))
-        if not key.isascii() and _has_surrogates(key):
+        if not key.isascii() and has_invalid_utf8(key):
             return RecordError(
                 index, reported_id, "properties", "properties is invalid: property names should be valid utf8"
             )
@@ -283,7 +283,8 @@ def distinct_id_for_address(address: str) -> str:
     return hashlib.sha256(address.encode()).hexdigest()[:32]
 
 
-def _has_surrogates(text: str) -> bool:
+def has_invalid_utf8(text: str) -> bool:
+    """Text decoded from invalid UTF-8 (or with lone surrogate escapes) cannot be stored."""
     if text.isascii():
         return False
     try:
@@ -303,7 +304,7 @@ def _clean(value: Any, depth: int) -> Any:
     `depth` counts the containers (objects or lists) down to this one.
     """
     if isinstance(value, str):
-        if not value.isascii() and _has_surrogates(value):
+        if not value.isascii() and has_invalid_utf8(value):
             raise _Invalid("string should be valid utf8")
         return value if len(value) <= limits.MAX_STRING_CHARS else value[: limits.MAX_STRING_CHARS]
     if isinstance(value, list):
@@ -319,7 +320,7 @@ def _clean(value: Any, depth: int) -> Any:
             raise _Invalid("objects must have fewer than 255 keys")
         cleaned = {}
         for key, element in value.items():
-            if not key.isascii() and _has_surrogates(key):
+            if not key.isascii() and has_invalid_utf8(key):
                 raise _Invalid("string should be valid utf8")
             cleaned[key[: limits.MAX_STRING_CHARS]] = _clean(element, depth + 1)
         return cleaned
