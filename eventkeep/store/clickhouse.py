@@ -34,7 +34,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -42,7 +41,7 @@ import msgspec
 from eventkeep.errors import RecordError
 from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
 from eventkeep.ingest.validate import ValidBatch
-from eventkeep.store.base import ScanQuery, StoreUnavailable
+from eventkeep.store.base import ScanQuery
 from eventkeep.store.clickhouse_schema import (
     VALUE_SEPARATOR,
     ClickHouseError,
@@ -54,6 +53,7 @@ from eventkeep.store.clickhouse_schema import (
     literal,
 )
 from eventkeep.store.group_commit import GroupCommitter
+from eventkeep.store.writes import ProfileWork, WriteItem, queue_profile_updates, split_writes
 
 log = logging.getLogger("eventkeep.store.clickhouse")
 
@@ -127,16 +127,6 @@ _EVENT_JSON = json_string_sql("event")
 _DISTINCT_ID_JSON = json_string_sql("distinct_id")
 
 
-@dataclass
-class _ProfileWork:
-    """One request's profile updates for one project, queued on the writer."""
-
-    project_id: int
-    updates: Sequence[ProfileUpdate]
-    errors: list[RecordError] = field(default_factory=list)
-    failure: BaseException | None = None
-
-
 class ClickHouseStore:
     def __init__(self, target: ClickHouseTarget, *, create_schema: bool = True) -> None:
         self.target = target
@@ -150,7 +140,7 @@ class ClickHouseStore:
         self._seq = itertools.count()
         self._last_ingested_ms = 0
         self._clock_lock = threading.Lock()
-        self._writer: GroupCommitter[tuple[int, ValidBatch] | _ProfileWork] = GroupCommitter(
+        self._writer: GroupCommitter[WriteItem] = GroupCommitter(
             self._commit_any, name="eventkeep-clickhouse-writer"
         )
 
@@ -186,10 +176,9 @@ class ClickHouseStore:
         if len(batch):
             self._writer.submit((project_id, batch), len(batch)).result()
 
-    def _commit_any(self, items: list[tuple[int, ValidBatch] | _ProfileWork]) -> None:
+    def _commit_any(self, items: list[WriteItem]) -> None:
         """Events first, in one INSERT; profile work after, reported to its own requests."""
-        events = [item for item in items if not isinstance(item, _ProfileWork)]
-        profiles = [item for item in items if isinstance(item, _ProfileWork)]
+        events, profiles = split_writes(items)
         if events:
             self._insert_events(events)
         if profiles:
@@ -220,15 +209,9 @@ class ClickHouseStore:
     async def update_profiles(
         self, project_id: int, updates: Sequence[ProfileUpdate]
     ) -> list[RecordError]:
-        if not updates:
-            return []
-        work = _ProfileWork(project_id, updates)
-        await self._writer.append(work, len(updates))
-        if work.failure is not None:
-            raise StoreUnavailable(str(work.failure)) from work.failure
-        return work.errors
+        return await queue_profile_updates(self._writer, project_id, updates)
 
-    def _commit_profiles(self, works: list[_ProfileWork]) -> None:
+    def _commit_profiles(self, works: list[ProfileWork]) -> None:
         try:
             self._apply_profile_work(works)
         except Exception as exc:
@@ -237,7 +220,7 @@ class ClickHouseStore:
                 work.errors.clear()
                 work.failure = exc
 
-    def _apply_profile_work(self, works: list[_ProfileWork]) -> None:
+    def _apply_profile_work(self, works: list[ProfileWork]) -> None:
         keys = list(
             dict.fromkeys(
                 (work.project_id, update.kind, update.profile_id)

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
 from eventkeep.ingest.validate import ValidBatch
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.group_commit import GroupCommitter
+from eventkeep.store.writes import ProfileWork, WriteItem, queue_profile_updates, split_writes
 
 log = logging.getLogger("eventkeep.store.duckdb")
 
@@ -86,16 +87,6 @@ _PROFILE_KEYS_ARROW = pa.schema(
 )
 
 
-@dataclass
-class _ProfileWork:
-    """One request's profile updates for one project, queued on the events writer."""
-
-    project_id: int
-    updates: Sequence[ProfileUpdate]
-    errors: list[RecordError] = field(default_factory=list)
-    failure: BaseException | None = None
-
-
 _SCHEMA_ARROW = pa.schema(
     [
         ("project_id", pa.int32()),
@@ -134,7 +125,7 @@ class DuckDBStore:
         )
         self._read_lock = threading.Lock()
         # One writer for events and profiles, so their transactions never interleave.
-        self._writer: GroupCommitter[tuple[int, ValidBatch] | _ProfileWork] = GroupCommitter(
+        self._writer: GroupCommitter[WriteItem] = GroupCommitter(
             self._commit_any, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
         )
 
@@ -167,14 +158,13 @@ class DuckDBStore:
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
             self._checkpoint()
 
-    def _commit_any(self, items: list[tuple[int, ValidBatch] | _ProfileWork]) -> None:
+    def _commit_any(self, items: list[WriteItem]) -> None:
         """Events commit as before; profile work follows in its own transaction.
 
         A failed event commit fails the whole group (nothing of it is committed); a failed
         profile commit is reported to its own requests only, since the events are durable.
         """
-        events = [item for item in items if not isinstance(item, _ProfileWork)]
-        profiles = [item for item in items if isinstance(item, _ProfileWork)]
+        events, profiles = split_writes(items)
         if events:
             self._commit(events)
         if profiles:
@@ -185,15 +175,9 @@ class DuckDBStore:
     async def update_profiles(
         self, project_id: int, updates: Sequence[ProfileUpdate]
     ) -> list[RecordError]:
-        if not updates:
-            return []
-        work = _ProfileWork(project_id, updates)
-        await self._writer.append(work, len(updates))
-        if work.failure is not None:
-            raise StoreUnavailable(str(work.failure)) from work.failure
-        return work.errors
+        return await queue_profile_updates(self._writer, project_id, updates)
 
-    def _commit_profiles(self, works: list[_ProfileWork]) -> None:
+    def _commit_profiles(self, works: list[ProfileWork]) -> None:
         """Read, apply in queue order, write back: one transaction for every waiting request."""
         con = self._con
         try:
@@ -213,7 +197,7 @@ class DuckDBStore:
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
             self._checkpoint()
 
-    def _apply_profile_work(self, works: list[_ProfileWork]) -> None:
+    def _apply_profile_work(self, works: list[ProfileWork]) -> None:
         con = self._con
         keys = list(
             dict.fromkeys(
