@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,39 +28,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, free_port, machine
+from bench.common import ServerProcess, machine
 from bench.ingest import make_batches, percentile, run_clients
 from tests.clickhouse_fixture import start_cluster
 
 
-class Eventkeep:
-    """One `eventkeep serve --store clickhouse://…` process."""
-
-    def __init__(self, store: str, workers: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "eventkeep", "serve", "--store", store, "--port", str(self.port),
-             "--log-level", "warning", "--workers", str(workers)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/healthz", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("eventkeep did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def eventkeep_server(store: str, workers: int) -> ServerProcess:
+    return ServerProcess(None, "--store", store, "--workers", str(workers))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -143,9 +116,9 @@ def main() -> None:
         try:
             for count in args.servers:
                 store = cluster.store_url(f"bench_{uuid.uuid4().hex[:8]}", sharded=args.shards > 1)
-                servers = [Eventkeep(store, args.workers)]
+                servers = [eventkeep_server(store, args.workers)]
                 try:
-                    servers += [Eventkeep(store, args.workers) for _ in range(count - 1)]
+                    servers += [eventkeep_server(store, args.workers) for _ in range(count - 1)]
                     secret = _secret(store)
                     ek_before = sum(tree_cpu_seconds(s.process.pid) for s in servers)
                     ch_before = sum(cpu_seconds(n.process.pid) for n in cluster.nodes if n.process)

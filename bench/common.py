@@ -61,12 +61,14 @@ def free_port() -> int:
 class ServerProcess:
     """`eventkeep serve` on loopback, with its peak RSS readable from /proc."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path | None, *extra: str) -> None:
+        """`data_dir` None: the store comes from `extra` (e.g. `--store clickhouse://…`)."""
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        store_args = ["--data-dir", str(data_dir)] if data_dir is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "eventkeep", "serve", "--data-dir", str(data_dir), "--port", str(self.port),
+            [sys.executable, "-m", "eventkeep", "serve", *store_args, "--port", str(self.port),
              "--log-level", "warning", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -84,6 +86,7 @@ class ServerProcess:
         """The API secret of the project the server created on its first start."""
         from eventkeep.projects.sqlite import SQLiteRegistry
 
+        assert self.data_dir is not None, "secret() reads the embedded store's registry"
         registry = SQLiteRegistry(self.data_dir / "projects.sqlite3")
         try:
             return registry.list_projects()[0].secret

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -81,18 +82,25 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         "eventkeep.server:app_factory",
         factory=True,
         workers=workers,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # request lines can carry api_key= in the query: never log them
-        log_level=settings.log_level,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        timeout_keep_alive=30,
-        lifespan="on",
+        **_uvicorn_options(settings),
     )
     return 0
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What one worker and many workers share."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # request lines can carry api_key= in the query: never log them
+        "log_level": settings.log_level,
+        "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
+        "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
+        "timeout_keep_alive": 30,
+        "lifespan": "on",
+    }
 
 
 def serve(settings: Settings) -> int:
@@ -119,16 +127,7 @@ def serve(settings: Settings) -> int:
     print(f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} ({_redacted(settings.store_url)})", flush=True)
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # request lines can carry api_key= in the query: never log them
-        log_level=settings.log_level,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        timeout_keep_alive=30,
-        lifespan="on",
+        **_uvicorn_options(settings),
     )
     uvicorn.Server(config).run()
     return 0
