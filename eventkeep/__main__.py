@@ -1,3 +1,4 @@
 from eventkeep.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # worker processes import this module too; they must not serve
+    raise SystemExit(main())

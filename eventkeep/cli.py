@@ -30,7 +30,8 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {
         name: getattr(args, name, None)
-        for name in ("data_dir", "store", "host", "port", "workers", "tls_cert", "tls_key", "log_level", "memory_limit")
+        for name in ("data_dir", "store", "host", "port", "workers", "tls_cert", "tls_key", "log_level", "memory_limit",
+                     "ingest_processes")
     }
     return Settings.from_env().with_overrides(**flags)
 
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert (env EVENTKEEP_TLS_KEY)")
     serve.add_argument("--log-level", help="debug, info, warning or error (default info)")
     serve.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 2GB")
+    serve.add_argument("--ingest-processes", type=int,
+                       help="worker processes that decode and check large /import and /track bodies "
+                            "(default one per core; 0 checks everything in the server process; "
+                            "env EVENTKEEP_INGEST_PROCESSES)")
     serve.set_defaults(func=cmd_serve)
 
     projects = commands.add_parser("projects", help="create, list and show projects")

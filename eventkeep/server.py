@@ -12,6 +12,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from eventkeep.http.app import AppState, create_app
+from eventkeep.http.checkers import EventCheckers
 from eventkeep.projects.registry import CredentialCache
 from eventkeep.settings import Settings
 from eventkeep.store.base import StoreUnavailable
@@ -33,7 +34,13 @@ def build_state(settings: Settings) -> AppState:
             f"  (see them again with: eventkeep projects show {project.id})",
             flush=True,
         )
-    return AppState(settings=settings, store=store, registry=registry, credentials=CredentialCache(registry))
+    return AppState(
+        settings=settings,
+        store=store,
+        registry=registry,
+        credentials=CredentialCache(registry),
+        checkers=EventCheckers(settings.ingest_process_count),
+    )
 
 
 def _tune_garbage_collector() -> None:

@@ -19,7 +19,17 @@ class Settings:
     tls_key: Path | None = None
     log_level: str = "info"
     memory_limit: str | None = None  # DuckDB's memory_limit, e.g. "2GB"
+    # Worker processes that decode and check large ingest bodies; None: one per core (none
+    # on one core, or when several server processes share the cores already).
+    ingest_processes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ingest_process_count(self) -> int:
+        if self.ingest_processes is not None:
+            return max(0, self.ingest_processes)
+        cores = os.cpu_count() or 1
+        return cores if cores > 1 and self.workers <= 1 else 0
 
     @property
     def store_url(self) -> str:
@@ -45,7 +55,7 @@ class Settings:
 
 
 def _convert(name: str, raw: str) -> Any:
-    if name in ("port", "workers"):
+    if name in ("port", "workers", "ingest_processes"):
         return int(raw)
     if name in ("data_dir", "tls_cert", "tls_key"):
         return Path(raw)

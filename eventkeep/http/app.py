@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventkeep.http import export, ingest, profiles
+from eventkeep.http.checkers import EventCheckers
 from eventkeep.projects.registry import CredentialCache, ProjectRegistry
 from eventkeep.settings import Settings
 from eventkeep.store.base import EventStore
@@ -43,6 +44,7 @@ class AppState:
     store: EventStore
     registry: ProjectRegistry
     credentials: CredentialCache
+    checkers: EventCheckers = field(default_factory=lambda: EventCheckers(0))
     counters: Counters = field(default_factory=Counters)
 
 
@@ -117,6 +119,7 @@ def create_app(state: AppState) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        state.checkers.close()
         state.store.close()
         state.registry.close()
 

@@ -16,18 +16,12 @@ from eventkeep.errors import (
     RecordError,
     internal_error,
     store_unavailable,
-    too_many_events,
 )
 from eventkeep.http.body import read_body
 from eventkeep.http.responses import Answer, Style, render_error, render_import, render_track
-from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST
-from eventkeep.ingest.payload import Payload, parse_body
-from eventkeep.ingest.validate import (
-    IngestContext,
-    ValidBatch,
-    distinct_id_for_address,
-    validate_events,
-)
+from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.pipeline import CheckedEvents, EventRequest
+from eventkeep.ingest.validate import Endpoint
 from eventkeep.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -48,9 +42,21 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _read_payload(request: Request) -> Payload:
+async def _check(request: Request, endpoint: Endpoint) -> CheckedEvents:
+    """Read the body and hand the per-event work to the checkers (inline or in workers)."""
     body = await read_body(request)
-    return parse_body(body, request.headers.get("content-type", ""), dict(request.query_params))
+    checked = await _state(request).checkers.check(
+        EventRequest(
+            endpoint=endpoint,
+            body=body,
+            content_type=request.headers.get("content-type", ""),
+            query=dict(request.query_params),
+            now_ms=_now_ms(),
+            api_host=_api_host(request),
+            client_host=request.client.host if request.client is not None else None,
+        )
+    )
+    return checked
 
 
 def _guess_style(request: Request) -> Style:
@@ -72,16 +78,16 @@ async def import_events(request: Request) -> Response:
             # Refuse strangers before reading megabytes. (Form requests may carry their
             # answer's shape, `verbose`, in the body, so they are read first.)
             project = authenticate(state.credentials, credentials, dict(request.query_params), "ingest")
-        payload = await _read_payload(request)
-        style = Style.LEGACY if payload.encoding == "form" else Style.IMPORT_JSON
-        answer = Answer.from_params(style, payload.params)
-        if project is None:
-            project = authenticate(state.credentials, credentials, payload.params, "ingest")
-        if len(payload.items) > MAX_EVENTS_PER_REQUEST:
-            raise too_many_events()
-        strict = payload.params.get("strict", "1") != "0"
-        ctx = IngestContext("import", _now_ms(), _api_host(request))
-        batch = validate_events(payload.items, ctx, payload.line_errors)
+        checked = await _check(request, "import")
+        if checked.decoded:
+            style = Style.LEGACY if checked.encoding == "form" else Style.IMPORT_JSON
+            answer = Answer.from_params(style, checked.params)
+            if project is None:
+                project = authenticate(state.credentials, credentials, checked.params, "ingest")
+        checked.raise_error()
+        assert project is not None  # a body that decodes has been authenticated above
+        strict = checked.params.get("strict", "1") != "0"
+        batch = checked.batch
         await state.store.append(project.id, batch)
         state.counters.add(project.id, stored=len(batch), refused=len(batch.errors))
         return render_import(answer, len(batch), batch.errors, strict)
@@ -98,16 +104,12 @@ async def track_events(request: Request) -> Response:
     state = _state(request)
     answer = Answer.from_params(Style.LEGACY, dict(request.query_params))
     try:
-        payload = await _read_payload(request)
-        answer = Answer.from_params(Style.LEGACY, payload.params)
-        if len(payload.items) > MAX_EVENTS_PER_REQUEST:
-            raise too_many_events()
-        fallback = None
-        if payload.params.get("ip") == "1" and request.client is not None:
-            fallback = distinct_id_for_address(request.client.host)
-        ctx = IngestContext("track", _now_ms(), _api_host(request), fallback)
-        batch = validate_events(payload.items, ctx, payload.line_errors)
-        default_project = optional_project(request, payload)
+        checked = await _check(request, "track")
+        if checked.decoded:
+            answer = Answer.from_params(Style.LEGACY, checked.params)
+        checked.raise_error()
+        batch = checked.batch
+        default_project = optional_project(request, checked.params)
         per_project, token_errors = _route_by_token(state, batch, default_project)
         await asyncio.gather(
             *(state.store.append(project_id, part) for project_id, part in per_project.items())
@@ -117,7 +119,7 @@ async def track_events(request: Request) -> Response:
         for project_id, part in per_project.items():
             state.counters.add(project_id, stored=len(part), refused=0)
         if errors:
-            log.info("/track refused %d of %d events: %s", len(errors), len(payload.items), errors[0].message)
+            log.info("/track refused %d of %d events: %s", len(errors), checked.count, errors[0].message)
         return render_track(answer, stored, errors)
     except ApiError as error:
         return render_error(answer, error)
@@ -128,12 +130,12 @@ async def track_events(request: Request) -> Response:
         return render_error(answer, internal_error())
 
 
-def optional_project(request: Request, payload: Payload) -> int | None:
+def optional_project(request: Request, params: dict[str, str]) -> int | None:
     """Credentials are optional on /track, /engage and /groups; items without a token use them."""
     credentials = parse_authorization(request.headers.get("authorization"))
-    if credentials is None and "api_key" not in payload.params:
+    if credentials is None and "api_key" not in params:
         return None
-    project = authenticate(_state(request).credentials, credentials, payload.params, "ingest")
+    project = authenticate(_state(request).credentials, credentials, params, "ingest")
     return project.id
 
 
@@ -161,28 +163,19 @@ def _route_by_token(
     rows_by_project: dict[int, list[int]] = {}
     errors: list[RecordError] = []
     router = TokenRouter(state, default_project)
+    insert_ids: list[str] | None = None
     for row, token in enumerate(batch.tokens):
         project_id = router.project_for(token)
         if project_id is None:
             message = TOKEN_UNKNOWN if token else TOKEN_MISSING
-            errors.append(RecordError(batch.indexes[row], batch.insert_ids[row], "properties.token", message))
+            if insert_ids is None:
+                insert_ids = batch.insert_ids
+            errors.append(RecordError(batch.indexes[row], insert_ids[row], "properties.token", message))
             continue
         rows_by_project.setdefault(project_id, []).append(row)
     if len(rows_by_project) == 1 and not errors:
         return {next(iter(rows_by_project)): batch}, errors
-    return {pid: _select(batch, rows) for pid, rows in rows_by_project.items()}, errors
-
-
-def _select(batch: ValidBatch, rows: list[int]) -> ValidBatch:
-    return ValidBatch(
-        events=[batch.events[i] for i in rows],
-        distinct_ids=[batch.distinct_ids[i] for i in rows],
-        times_ms=[batch.times_ms[i] for i in rows],
-        insert_ids=[batch.insert_ids[i] for i in rows],
-        properties=[batch.properties[i] for i in rows],
-        tokens=[batch.tokens[i] for i in rows],
-        indexes=[batch.indexes[i] for i in rows],
-    )
+    return {pid: batch.select(rows) for pid, rows in rows_by_project.items()}, errors
 
 
 def _api_host(request: Request) -> str:

@@ -79,7 +79,7 @@ async def _update_profiles(request: Request, endpoint: Endpoint) -> Response:
         valid = validate_updates(
             payload.items, endpoint, int(time.time() * 1000), payload.line_errors
         )
-        default_project = optional_project(request, payload)
+        default_project = optional_project(request, payload.params)
         per_project, token_errors = _route_by_token(state, valid.updates, default_project)
         refusals = await asyncio.gather(
             *(state.store.update_profiles(pid, part) for pid, part in per_project.items())

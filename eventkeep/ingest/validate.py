@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
 from eventkeep.errors import RecordError
 from eventkeep.ingest import limits
-from eventkeep.ingest.payload import OutOfRange
+from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.payload import CheckedEvent, OutOfRange
 
 Endpoint = Literal["import", "track"]
 
@@ -62,60 +63,211 @@ class IngestContext:
     fallback_distinct_id: str | None = None
 
 
-@dataclass(slots=True)
-class ValidBatch:
-    """Storable events in columns, plus the refusals. `indexes` maps rows to request order."""
-
-    events: list[str] = field(default_factory=list)
-    distinct_ids: list[str] = field(default_factory=list)
-    times_ms: list[int] = field(default_factory=list)
-    insert_ids: list[str] = field(default_factory=list)
-    properties: list[bytes] = field(default_factory=list)
-    tokens: list[str | None] = field(default_factory=list)
-    indexes: list[int] = field(default_factory=list)
-    errors: list[RecordError] = field(default_factory=list)
-    ignored: int = 0
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-
 def validate_events(
     items: list[Any],
     ctx: IngestContext,
     parse_errors: dict[int, str] | None = None,
 ) -> ValidBatch:
     """Validate a decoded batch. Never raises for bad events: they become RecordErrors."""
-    batch = ValidBatch()
     track = ctx.endpoint == "track"
-    added = {
-        "$mp_api_endpoint": ctx.api_host,
-        "$mp_api_timestamp_ms": ctx.now_ms,
-        "mp_processing_time_ms": ctx.now_ms,
-    }
-    if not track:
-        added = {"$import": True, **added}
+    added = _ingestion_properties(ctx)
+    if not parse_errors and items and type(items[0]) is CheckedEvent:
+        accepted = _accept_checked_batch(items, ctx, added)
+        if accepted is not None:
+            return accepted
+    events: list[str] = []
+    distinct_ids: list[str] = []
+    times_ms: list[int] = []
+    insert_ids: list[str] = []
+    properties: list[bytes] = []
+    tokens: list[str | None] = []
+    indexes: list[int] = []
+    errors: list[RecordError] = []
+    ignored = 0
     for index, item in enumerate(items):
         if parse_errors and index in parse_errors:
-            batch.errors.append(RecordError(index, None, "event", parse_errors[index]))
+            errors.append(RecordError(index, None, "event", parse_errors[index]))
             continue
-        outcome = _validate_one(item, index, ctx, track)
+        outcome: RecordError | _Accepted | None = None
+        if type(item) is CheckedEvent:
+            outcome = _accept_checked(item, ctx, track)
+            if outcome is None:
+                item = {"event": item.event, "properties": item.properties}
+        if outcome is None:
+            outcome = _validate_one(item, index, ctx, track)
         if isinstance(outcome, RecordError):
-            batch.errors.append(outcome)
-        elif outcome is None:
-            batch.ignored += 1
-        else:
+            errors.append(outcome)
+        elif outcome is _IGNORED:
+            ignored += 1
+        elif outcome is not None:
             name, distinct_id, time_ms, insert_id, props, token, size = outcome
             props.update(added)
             props["$mp_event_size"] = size
-            batch.events.append(name)
-            batch.distinct_ids.append(distinct_id)
-            batch.times_ms.append(time_ms)
-            batch.insert_ids.append(insert_id)
-            batch.properties.append(_encode_properties(props))
-            batch.tokens.append(token)
-            batch.indexes.append(index)
-    return batch
+            events.append(name)
+            distinct_ids.append(distinct_id)
+            times_ms.append(time_ms)
+            insert_ids.append(insert_id)
+            properties.append(_encode_properties(props))
+            tokens.append(token)
+            indexes.append(index)
+    return ValidBatch.from_columns(
+        events=events,
+        distinct_ids=distinct_ids,
+        times_ms=times_ms,
+        insert_ids=insert_ids,
+        properties=properties,
+        tokens=tokens,
+        indexes=indexes,
+        errors=errors,
+        ignored=ignored,
+    )
+
+
+def _ingestion_properties(ctx: IngestContext) -> dict[str, Any]:
+    added: dict[str, Any] = {} if ctx.endpoint == "track" else {"$import": True}
+    added["$mp_api_endpoint"] = ctx.api_host
+    added["$mp_api_timestamp_ms"] = ctx.now_ms
+    added["mp_processing_time_ms"] = ctx.now_ms
+    return added
+
+
+_INSERT_IDS_RE = re.compile(r"[A-Za-z0-9-]+(?:\n[A-Za-z0-9-]+)*")
+
+
+def _accept_checked_batch(
+    items: list[CheckedEvent], ctx: IngestContext, added: dict[str, Any]
+) -> ValidBatch | None:
+    """The whole batch at once, when every event is of the usual, valid kind; else None.
+
+    A well-formed batch from an SDK or an import tool is the common case and the hot path.
+    Each rule is checked over a whole column with built-ins that loop in C (set, map, min,
+    max, one regular expression over all the insert ids) instead of statement by statement
+    per event. Nothing is changed until every rule has passed; if any event needs more than
+    this, the batch goes event by event (`_accept_checked`, then `_validate_one`), which
+    defines the rules.
+    """
+    names = [item.event for item in items]
+    for name in set(names):  # few distinct names
+        if type(name) is not str or not name or len(name) > limits.MAX_STRING_CHARS or name.isspace():
+            return None
+    all_props: list[dict[str, Any]] = [item.properties for item in items]
+    if any(["$ignore" in props for props in all_props]):
+        return None
+
+    times: list[Any] = [props.get("time") for props in all_props]
+    if not {int, float}.issuperset(map(type, times)):
+        return None
+    low, high = min(times), max(times)
+    if low > 0 and high <= limits.MS_THRESHOLD:
+        times_ms = [round(t * 1000) for t in times]
+    elif low > limits.MS_THRESHOLD:
+        times_ms = [round(t) for t in times]
+    else:
+        return None
+    oldest = ctx.now_ms - limits.TRACK_MAX_AGE_MS if ctx.endpoint == "track" else limits.MIN_TIME_MS
+    if min(times_ms) < max(oldest, limits.MIN_TIME_MS) or max(times_ms) > ctx.now_ms:
+        return None
+
+    distinct_ids: list[Any] = [props.get("distinct_id") for props in all_props]
+    if {str} != set(map(type, distinct_ids)):
+        return None
+    if max(map(len, distinct_ids)) > limits.MAX_STRING_CHARS:
+        return None
+    if not limits.DISALLOWED_IDS.isdisjoint(map(str.lower, map(str.strip, distinct_ids))):
+        return None
+
+    insert_ids: list[Any] = [props.get("$insert_id") for props in all_props]
+    given: list[Any] = [insert_id for insert_id in insert_ids if insert_id is not None]
+    if given:
+        if {str} != set(map(type, given)):
+            return None
+        if max(map(len, given)) > limits.MAX_INSERT_ID_BYTES:
+            return None
+        if not _INSERT_IDS_RE.fullmatch("\n".join(given)):
+            return None
+        if not limits.DISALLOWED_IDS.isdisjoint(map(str.lower, given)):
+            return None
+    sizes = list(map(len, map(_encode, items)))
+    if max(sizes) >= limits.MAX_EVENT_BYTES:
+        return None
+
+    # Every rule passed: edit the properties (this request's own) and encode them.
+    if len(given) != len(insert_ids):
+        insert_ids = [_new_insert_id() if i is None else i for i in insert_ids]
+    tokens = [props.pop("token", None) for props in all_props]
+    for props, insert_id, size in zip(all_props, insert_ids, sizes, strict=True):
+        del props["time"]
+        del props["distinct_id"]
+        props["$insert_id"] = insert_id
+        props.update(added)
+        props["$mp_event_size"] = size
+    return ValidBatch.from_columns(
+        events=names,
+        distinct_ids=distinct_ids,
+        times_ms=times_ms,
+        insert_ids=insert_ids,
+        properties=list(map(_encode, all_props)),
+        tokens=[token if type(token) is str else None for token in tokens],
+    )
+
+
+_Accepted = tuple[str, str, int, str, dict[str, Any], str | None, int]
+_IGNORED: Any = object()  # the outcome of an event with a true $ignore
+
+
+def _accept_checked(item: CheckedEvent, ctx: IngestContext, track: bool) -> _Accepted | None:
+    """The fast path for an event of the usual shape, or None to check it in full.
+
+    The decoder has already held every property to the limits (see CheckedEvent), so this
+    only looks at the fields with rules of their own, and only accepts: anything unusual
+    returns None and goes through _validate_one, which is the definition of the rules. The
+    decoded properties belong to this request, so they are edited in place.
+    """
+    name = item.event
+    props: dict[str, Any] = item.properties
+    if type(name) is not str or len(name) > limits.MAX_STRING_CHARS or not name or name.isspace():
+        return None
+    if "$ignore" in props:
+        return None
+    raw_time: Any = props.get("time")
+    kind = type(raw_time)
+    if kind is int or kind is float:
+        time_ms = round(raw_time) if abs(raw_time) > limits.MS_THRESHOLD else round(raw_time * 1000)
+        if not limits.MIN_TIME_MS <= time_ms <= ctx.now_ms:
+            return None
+        if track and time_ms < ctx.now_ms - limits.TRACK_MAX_AGE_MS:
+            return None
+    else:
+        return None
+    distinct_id: Any = props.get("distinct_id")
+    if (
+        type(distinct_id) is not str
+        or len(distinct_id) > limits.MAX_STRING_CHARS
+        or (len(distinct_id) <= 64 and distinct_id.strip().lower() in limits.DISALLOWED_IDS)
+    ):
+        return None
+    insert_id: Any = props.get("$insert_id")
+    if insert_id is None:
+        insert_id = _new_insert_id()
+    elif (
+        type(insert_id) is not str
+        or len(insert_id) > limits.MAX_INSERT_ID_BYTES
+        or not _INSERT_ID_RE.fullmatch(insert_id)
+        or insert_id.lower() in limits.DISALLOWED_IDS
+    ):
+        return None
+    size = len(_encode(item))
+    if size >= limits.MAX_EVENT_BYTES:
+        return None
+    token = props.pop("token", None)
+    props.pop("time")
+    props.pop("distinct_id")
+    props["$insert_id"] = insert_id
+    return name, distinct_id, time_ms, insert_id, props, token if type(token) is str else None, size
+
+
+def _new_insert_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _encode_properties(props: dict[str, Any]) -> bytes:
@@ -138,7 +290,7 @@ def _event_size(item: Any) -> int:
 
 def _validate_one(
     item: Any, index: int, ctx: IngestContext, track: bool
-) -> RecordError | tuple[str, str, int, str, dict[str, Any], str | None, int] | None:
+) -> RecordError | _Accepted:
     """Check one event and turn its properties into what is stored.
 
     This runs once per event on the ingest path: plain scalars, by far the most common
@@ -157,7 +309,7 @@ def _validate_one(
 
     ignore = props.get("$ignore")
     if ignore is not None and ignore is not False and ignore != "":
-        return None
+        return _IGNORED
 
     name = item.get("event")
     if not isinstance(name, str):
@@ -209,7 +361,7 @@ def _validate_one(
 
     # $insert_id
     if raw_insert_id is None:
-        insert_id = uuid.uuid4().hex
+        insert_id = _new_insert_id()
     elif not isinstance(raw_insert_id, str):
         return RecordError(index, reported_id, "$insert_id", INSERT_ID_TYPE)
     else:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eventkeep.errors import RecordError
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate
-from eventkeep.ingest.validate import ValidBatch
 
 
 class StoreUnavailable(Exception):

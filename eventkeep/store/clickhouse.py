@@ -39,8 +39,8 @@ from typing import Any
 import msgspec
 
 from eventkeep.errors import RecordError
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
-from eventkeep.ingest.validate import ValidBatch
 from eventkeep.store.base import ScanQuery
 from eventkeep.store.clickhouse_schema import (
     VALUE_SEPARATOR,

@@ -27,10 +27,11 @@ from typing import Any
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from eventkeep.errors import RecordError
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
-from eventkeep.ingest.validate import ValidBatch
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.group_commit import GroupCommitter
 from eventkeep.store.writes import ProfileWork, WriteItem, queue_profile_updates, split_writes
@@ -61,7 +62,7 @@ KEY_SQL = (
 
 INSERT_SQL = f"""
 INSERT INTO events
-SELECT {KEY_SQL}, project_id, event, distinct_id, time_ms, insert_id, ingested_ms, properties
+SELECT {KEY_SQL}, project_id, event, distinct_id, time_ms, insert_id, $ingested_ms, properties
 FROM incoming
 ON CONFLICT (key) DO UPDATE SET
     properties = excluded.properties,
@@ -86,18 +87,6 @@ _PROFILE_KEYS_ARROW = pa.schema(
     [("project_id", pa.int32()), ("kind", pa.string()), ("id", pa.string())]
 )
 
-
-_SCHEMA_ARROW = pa.schema(
-    [
-        ("project_id", pa.int32()),
-        ("event", pa.string()),
-        ("distinct_id", pa.string()),
-        ("time_ms", pa.int64()),
-        ("insert_id", pa.string()),
-        ("ingested_ms", pa.int64()),
-        ("properties", pa.string()),
-    ]
-)
 
 WAL_CHECKPOINT_IDLE_BYTES = 16 * 1024 * 1024
 WAL_CHECKPOINT_FORCE_BYTES = 512 * 1024 * 1024
@@ -142,17 +131,16 @@ class DuckDBStore:
             self._writer.submit((project_id, batch), len(batch)).result()
 
     def _commit(self, items: list[tuple[int, ValidBatch]]) -> None:
-        table = _to_arrow(items, int(time.time() * 1000))
         con = self._con
-        con.register("incoming", table)
+        ingested = {"ingested_ms": int(time.time() * 1000)}
+        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(INSERT_SQL)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            con.register("incoming", _rows_to_insert(items))
+            con.execute(INSERT_SQL, ingested)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         finally:
             con.unregister("incoming")
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
@@ -449,40 +437,33 @@ def _string_column_bytes(column: pa.Array) -> bytes:
     return data_buffer[start:end].to_pybytes()
 
 
-def _to_arrow(items: list[tuple[int, ValidBatch]], ingested_ms: int) -> pa.Table:
-    """Concatenate the waiting batches, keeping only the last copy of a repeated key."""
-    project_ids: list[int] = []
-    events: list[str] = []
-    distinct_ids: list[str] = []
-    times: list[int] = []
-    insert_ids: list[str] = []
-    properties: list[bytes] = []
-    for project_id, batch in items:
-        project_ids.extend([project_id] * len(batch))
-        events.extend(batch.events)
-        distinct_ids.extend(batch.distinct_ids)
-        times.extend(batch.times_ms)
-        insert_ids.extend(batch.insert_ids)
-        properties.extend(batch.properties)
-    keys = list(zip(project_ids, events, distinct_ids, times, insert_ids, strict=True))
-    last = {key: i for i, key in enumerate(keys)}
-    if len(last) != len(keys):
-        keep = sorted(last.values())
-        project_ids = [project_ids[i] for i in keep]
-        events = [events[i] for i in keep]
-        distinct_ids = [distinct_ids[i] for i in keep]
-        times = [times[i] for i in keep]
-        insert_ids = [insert_ids[i] for i in keep]
-        properties = [properties[i] for i in keep]
-    return pa.Table.from_arrays(
-        [
-            pa.array(project_ids, pa.int32()),
-            pa.array(events, pa.string()),
-            pa.array(distinct_ids, pa.string()),
-            pa.array(times, pa.int64()),
-            pa.array(insert_ids, pa.string()),
-            pa.array([ingested_ms] * len(events), pa.int64()),
-            pa.array(properties, pa.binary()).cast(pa.string()),
-        ],
-        schema=_SCHEMA_ARROW,
-    )
+def _rows_to_insert(items: list[tuple[int, ValidBatch]]) -> pa.Table:
+    """The waiting batches as one Arrow table, with one row per key: the latest copy.
+
+    DuckDB's ON CONFLICT may apply either of two rows with the same key in one statement,
+    so repeats are resolved here. The batches are joined without copying; only rows whose
+    $insert_id occurs twice (found by hashing the column in Arrow) are compared key by key.
+    """
+    tables = [_with_project_id(project_id, batch.rows) for project_id, batch in items]
+    rows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    insert_ids = rows.column("insert_id")
+    counts = pc.value_counts(insert_ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return rows
+    candidates = pc.indices_nonzero(pc.is_in(insert_ids, value_set=repeated)).to_pylist()
+    subset = rows.take(candidates)
+    keys = zip(*(subset.column(name).to_pylist() for name in _KEY_COLUMNS), strict=True)
+    latest = {key: row for row, key in zip(candidates, keys, strict=True)}
+    superseded = sorted(set(candidates) - set(latest.values()))
+    if not superseded:
+        return rows
+    drop = pc.is_in(pa.array(range(rows.num_rows), pa.int64()), value_set=pa.array(superseded, pa.int64()))
+    return rows.filter(pc.invert(drop))
+
+
+_KEY_COLUMNS = ("project_id", "event", "distinct_id", "time_ms", "insert_id")
+
+
+def _with_project_id(project_id: int, rows: pa.Table) -> pa.Table:
+    return rows.append_column("project_id", pa.repeat(pa.scalar(project_id, pa.int32()), rows.num_rows))

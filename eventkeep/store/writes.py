@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from eventkeep.errors import RecordError
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate
-from eventkeep.ingest.validate import ValidBatch
 from eventkeep.store.base import StoreUnavailable
 from eventkeep.store.group_commit import GroupCommitter
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.limits import DISALLOWED_IDS
 from eventkeep.ingest.payload import OutOfRange
-from eventkeep.ingest.validate import IngestContext, ValidBatch, validate_events
+from eventkeep.ingest.validate import IngestContext, validate_events
 
 NOW_MS = 1_800_000_000_000  # a fixed "now": 2027-01-15
 NOW_S = NOW_MS // 1000

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate, validate_updates
-from eventkeep.ingest.validate import IngestContext, ValidBatch, validate_events
+from eventkeep.ingest.validate import IngestContext, validate_events
 from eventkeep.projects.clickhouse import ClickHouseRegistry
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.clickhouse import ClickHouseStore, checked_lines, split_properties

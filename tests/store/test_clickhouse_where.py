@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventkeep.ingest.validate import ValidBatch, validate_events
+from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.validate import validate_events
 from eventkeep.query import ast, parse_where
 from eventkeep.query.clickhouse_sql import compile_prefilter
 from eventkeep.query.evaluate import matches
@@ -66,15 +67,16 @@ def load(store: ClickHouseStore, events: Sequence[Event]) -> int:
     """Store harness events as they are (no validation), in a fresh project; `$insert_id` is
     the event's index."""
     project = next(_projects)
-    batch = ValidBatch()
-    for index, e in enumerate(events):
-        props = e["properties"]
-        batch.events.append(e["event"])
-        batch.distinct_ids.append(props["distinct_id"])
-        batch.times_ms.append(round(props["time"] * 1000))
-        batch.insert_ids.append(str(index))
-        stored = {k: v for k, v in props.items() if k not in ("time", "distinct_id")}
-        batch.properties.append(msgspec.json.encode(stored))
+    batch = ValidBatch.from_columns(
+        events=[e["event"] for e in events],
+        distinct_ids=[e["properties"]["distinct_id"] for e in events],
+        times_ms=[round(e["properties"]["time"] * 1000) for e in events],
+        insert_ids=[str(index) for index in range(len(events))],
+        properties=[
+            msgspec.json.encode({k: v for k, v in e["properties"].items() if k not in ("time", "distinct_id")})
+            for e in events
+        ],
+    )
     store.append_sync(project, batch)
     return project
 

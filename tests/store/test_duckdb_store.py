@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from eventkeep.ingest.validate import IngestContext, ValidBatch, validate_events
+from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.validate import IngestContext, validate_events
 from eventkeep.store.base import ScanQuery
 from eventkeep.store.duckdb import DuckDBStore
 
@@ -122,3 +123,34 @@ def test_windowed_export_keeps_global_order_bounds_and_limit(store: DuckDBStore)
     assert exported(ScanQuery(1, limit=0)) == []
     inside = ScanQuery(1, from_ms=(base + hour + 4) * 1000, to_ms=(base + 4 * hour + 6) * 1000)
     assert exported(inside) == [t for t in sorted(times) if base + hour + 4 <= t < base + 4 * hour + 6]
+
+
+def test_one_commit_of_many_batches_keeps_the_latest_copy_of_each_key(store: DuckDBStore) -> None:
+    """Batches waiting together share one INSERT; DuckDB itself would apply repeats in any order."""
+    from eventkeep.store.duckdb import _rows_to_insert
+
+    first = batch(ev("a", v=1), ev("b", v=1), ev("same-id", t=1_700_000_000, v=1))
+    second = batch(ev("a", v=2), ev("c", v=2), ev("same-id", t=1_700_000_001, v=2), ev("c", v=3))
+    third = batch(ev("a", v=4))
+    rows = _rows_to_insert([(1, first), (1, second), (2, first), (1, third)])
+    kept = {(r["project_id"], r["insert_id"], r["time_ms"]): json.loads(r["properties"])["v"] for r in rows.to_pylist()}
+    assert kept == {
+        (1, "a", 1_700_000_000_000): 4,
+        (1, "b", 1_700_000_000_000): 1,
+        (1, "c", 1_700_000_000_000): 3,
+        (1, "same-id", 1_700_000_000_000): 1,  # same $insert_id, another time: another event
+        (1, "same-id", 1_700_000_001_000): 2,
+        (2, "a", 1_700_000_000_000): 1,
+        (2, "b", 1_700_000_000_000): 1,
+        (2, "same-id", 1_700_000_000_000): 1,
+    }
+    assert rows.num_rows == len(kept)
+    unique = batch(ev("x"), ev("y"))
+    assert _rows_to_insert([(1, unique)]).num_rows == 2
+
+    # Through the writer: submitted together, committed together, latest wins.
+    futures = [store._writer.submit((5, b), len(b)) for b in (first, second, third)]
+    for future in futures:
+        future.result()
+    assert {line["properties"]["$insert_id"]: line["properties"]["v"] for line in lines(store, 5)
+            if line["properties"]["time"] == 1_700_000_000} == {"a": 4, "b": 1, "c": 3, "same-id": 1}

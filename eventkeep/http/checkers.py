@@ -1,0 +1,97 @@
+"""Where the per-event work of a request runs: inline, or in a pool of worker processes.
+
+Python runs one thread at a time, so a server that decodes and checks events on its event
+loop uses one core however many it has. Large bodies go to worker processes instead
+(`check_events` is a pure function over picklable data); the event loop only moves bytes
+and the batch comes back in columns ready for the store. Small bodies, the usual SDK
+request, are checked inline, where a process hop would cost more than the work.
+
+The pool starts on the first large body, so servers that never see one never pay for it. A
+worker that dies (killed, out of memory) costs nothing: the request is checked inline and
+the pool is started afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
+
+log = logging.getLogger("eventkeep.ingest")
+
+# Below this many (uncompressed) bytes a body is checked inline: about 100 events.
+INLINE_MAX_BYTES = 32 * 1024
+
+
+def _start_worker() -> None:
+    # The server handles Ctrl-C and shuts the pool down; workers should not also react.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The same collector tuning as the server: request data is acyclic.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+def _ready() -> bool:
+    return True
+
+
+class EventCheckers:
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    async def check(self, request: EventRequest) -> CheckedEvents:
+        if self.processes <= 0 or len(request.body) < INLINE_MAX_BYTES:
+            return check_events(request)
+        pool = self._running_pool()
+        if pool is None:
+            return check_events(request)
+        try:
+            return await asyncio.wrap_future(pool.submit(check_events, request))
+        except BrokenProcessPool:
+            log.warning("an ingest worker process died; checking this request inline and restarting the pool")
+            self._discard(pool)
+            return check_events(request)
+
+    def _running_pool(self) -> ProcessPoolExecutor | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._pool is None:
+                # Spawned, not forked: the server has threads and open database handles.
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(
+                    self.processes, mp_context=context, initializer=_start_worker
+                )
+                for _ in range(self.processes):
+                    self._pool.submit(_ready)
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def worker_pids(self) -> list[int]:
+        """For tests and diagnostics."""
+        with self._lock:
+            processes = getattr(self._pool, "_processes", None) or {}
+            return list(processes)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,106 @@
+"""Large ingest bodies are decoded and checked in worker processes; small ones inline.
+
+The workers are real child processes of a real server: these tests find them in /proc,
+kill one, and check that the next request is still answered and stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.conftest import ProjectCreds, Server, start_server
+
+NDJSON_GZIP = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def batch(count: int, marker: str) -> list[dict[str, Any]]:
+    now = int(time.time())
+    return [
+        {"event": "Viewed", "properties": {
+            "time": now - 60, "distinct_id": f"u{i}", "$insert_id": f"{marker}-{i}", "page": "/" + "p" * 40 * (i % 3),
+        }}
+        for i in range(count)
+    ]
+
+
+def post(server: Server, project: ProjectCreds, events: list[dict[str, Any]]) -> httpx.Response:
+    body = gzip.compress(b"\n".join(msgspec.json.encode(e) for e in events))
+    return httpx.post(f"{server.url}/import", content=body, headers=NDJSON_GZIP, auth=(project.secret, ""), timeout=60)
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Any:
+    server = start_server(tmp_path, "--ingest-processes", "2")
+    yield server
+    server.stop()
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_small_bodies_start_no_workers_and_large_ones_use_them(pooled: Server) -> None:
+    assert pooled.process is not None
+    pid = pooled.process.pid
+    project = pooled.new_project()
+    assert post(pooled, project, batch(3, "small")).json()["num_records_imported"] == 3
+    assert children(pid) == set(), "a few events are checked inline"
+
+    large = batch(2000, "large")
+    large[7]["properties"]["time"] = "yesterday"  # one refusal, reported from the worker
+    answer = post(pooled, project, large)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["num_records_imported"] == 1999
+    assert [r["index"] for r in answer.json()["failed_records"]] == [7]
+    wait_for(lambda: len(children(pid)) >= 2)
+    stored = pooled.export(project)
+    assert len(stored) == 3 + 1999
+    assert {e["properties"]["$insert_id"] for e in stored} >= {"large-0", "large-1999", "small-2"}
+
+
+def test_a_killed_worker_costs_no_request(pooled: Server) -> None:
+    assert pooled.process is not None
+    pid = pooled.process.pid
+    project = pooled.new_project()
+    assert post(pooled, project, batch(1500, "first")).status_code == 200
+    wait_for(lambda: len(children(pid)) >= 2)
+    for child in children(pid):
+        os.kill(child, signal.SIGKILL)
+    marker = uuid.uuid4().hex[:8]
+    answer = post(pooled, project, batch(1500, marker))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["num_records_imported"] == 1500
+    assert post(pooled, project, batch(1500, marker + "b")).status_code == 200
+    assert len(pooled.export(project)) == 4500
+    assert "ingest worker process died" in pooled.log()
+
+
+def test_ingest_processes_zero_checks_everything_inline(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--ingest-processes", "0")
+    try:
+        assert server.process is not None
+        project = server.new_project()
+        assert post(server, project, batch(2000, "inline")).json()["num_records_imported"] == 2000
+        assert children(server.process.pid) == set()
+    finally:
+        server.stop()
