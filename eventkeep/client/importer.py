@@ -35,6 +35,7 @@ from eventkeep.client.sender import Batch, DryRunSender, Outcome, RetryPolicy, S
 from eventkeep.client.shape import ShapeOptions, Shaper, chunks_from_events, encode_event
 from eventkeep.client.sources import ByteCounter, Chunk, InputError, Source, read_source
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
+from eventkeep.ingest.payload import CheckedEvent
 from eventkeep.ingest.validate import IngestContext, validate_events
 
 EXIT_OK = 0
@@ -445,7 +446,8 @@ class Importer:
             shaped = self.shaper.shape(chunk)
             items = shaped.items
             checked = validate_events(
-                items, IngestContext("import", int(time.time() * 1000)), shaped.parse_errors or None
+                items, IngestContext("import", int(time.time() * 1000)), shaped.parse_errors or None,
+                decisions_only=True,
             )
             accepted = bytearray(len(items))
             for row in checked.indexes:
@@ -470,6 +472,8 @@ class Importer:
                     error = refused[i]
                     raw = chunk.raws[i][:MAX_RAW_IN_REJECTS] if chunk.raws is not None else None
                     event = None if i in shaped.parse_errors else item
+                    if type(event) is CheckedEvent:
+                        event = {"event": event.event, "properties": event.properties}
                     self.rejects.write((source, record), error.field, error.message, error.insert_id, event, raw)
                     counts.reject(reason_key(error.field, error.message))
                     rejected_here += 1

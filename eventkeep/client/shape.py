@@ -30,7 +30,7 @@ import orjson
 
 from eventkeep.client.sources import Chunk
 from eventkeep.ingest.limits import MS_THRESHOLD
-from eventkeep.ingest.payload import decode_json
+from eventkeep.ingest.payload import decode_checked_events, decode_json
 
 Shape = Literal["auto", "mixpanel", "flat"]
 TimeUnit = Literal["auto", "s", "ms"]
@@ -152,6 +152,9 @@ class Shaper:
         }
 
     def shape(self, chunk: Chunk) -> Shaped:
+        checked = self._checked_events(chunk)
+        if checked is not None:
+            return Shaped(checked, list(chunk.raws or []), {})
         if chunk.raws is not None:
             items, parse_errors = _decode_raws(chunk)
             lines: list[bytes | None] = list(chunk.raws)
@@ -173,6 +176,20 @@ class Shaper:
             items[i] = self.flat_to_event(item, drop_nulls=chunk.flat)
             lines[i] = None
         return Shaped(items, lines, parse_errors)
+
+    def _checked_events(self, chunk: Chunk) -> list[Any] | None:
+        """The usual case, fast: NDJSON of Mixpanel-shaped events that carry their own
+        `$insert_id` decode straight to the checked event shape, which validation accepts a
+        whole chunk at a time (see eventkeep.ingest.payload.CheckedEvent). The lines are sent
+        as they were read, so validation may edit these decoded copies."""
+        if chunk.raws is None or chunk.errors or chunk.flat or self.options.shape not in ("auto", "mixpanel"):
+            return None
+        events = decode_checked_events(b"[" + b",".join(chunk.raws) + b"]")
+        if events is None or len(events) != len(chunk.raws):
+            return None
+        if any([event.properties.get("$insert_id") is None for event in events]):
+            return None
+        return events
 
     def flat_to_event(self, row: dict[str, Any], *, drop_nulls: bool = False) -> dict[str, Any]:
         """A flat row as an event: chosen columns for the event fields, the rest properties."""

@@ -54,7 +54,7 @@ class CheckedEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _checked_decoder = msgspec.json.Decoder(list[CheckedEvent])
 
 
-def _decode_checked(array: bytes) -> list[Any] | None:
+def decode_checked_events(array: bytes) -> list[Any] | None:
     """A JSON array of events as CheckedEvents, or None if any item is not of that shape."""
     try:
         return _checked_decoder.decode(array)
@@ -159,7 +159,7 @@ def parse_ndjson(body: bytes, *, events: bool = False) -> tuple[list[Any], dict[
         return [], {}
     joined = b"[" + b",".join(lines) + b"]"
     if events:
-        checked = _decode_checked(joined)
+        checked = decode_checked_events(joined)
         if checked is not None and len(checked) == len(lines):
             return checked, {}
     try:  # one decoder call for the whole batch is far cheaper than one per line
@@ -221,7 +221,7 @@ def parse_body(
 
 def _json_array(body: bytes, params: dict[str, str], events: bool) -> Payload:
     if events and body.lstrip()[:1] == b"[":
-        checked = _decode_checked(body)
+        checked = decode_checked_events(body)
         if checked is not None:
             return Payload(checked, "json", params)
     try:

@@ -131,6 +131,9 @@ def test_a_clean_batch_takes_the_column_path_and_matches_the_rules(ctx: IngestCo
 def test_fast_paths_decide_exactly_as_the_full_rules(batch: list[dict[str, Any]], track: bool) -> None:
     fast, slow, _ = both_ways(ndjson(batch), CONTEXTS[track])
     same(fast, slow)
+    items = parse_body(ndjson(batch), "application/x-ndjson", {}, events=True).items
+    decisions = validate_events(items, CONTEXTS[track], decisions_only=True)
+    assert (decisions.indexes, decisions.errors, decisions.ignored) == (slow.indexes, slow.errors, slow.ignored)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
