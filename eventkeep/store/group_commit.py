@@ -52,11 +52,14 @@ class GroupCommitter(Generic[T]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: T, rows: int) -> Future[None]:
+    def submit(self, item: T, rows: int, *, wait: bool = False) -> Future[None]:
+        """Queue an item. A full queue refuses it, or with `wait`, makes the caller wait."""
         future: Future[None] = Future()
         with self._cond:
             if self._closed:
                 raise StoreUnavailable("the store is shutting down")
+            while wait and self._pending_rows + rows > self._max_pending and self._queue and not self._closed:
+                self._cond.wait()
             if self._pending_rows + rows > self._max_pending and self._queue:
                 raise StoreUnavailable("the write queue is full")
             self._queue.append(_Pending(item, rows, future))
@@ -82,6 +85,7 @@ class GroupCommitter(Generic[T]):
                 rows += pending.rows
                 taken.append(pending)
             self._pending_rows -= rows
+            self._cond.notify_all()  # room for submitters that wait
             return taken
 
     def _run_idle(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventkeep.errors import RecordError
 from eventkeep.ingest.batch import ValidBatch
@@ -40,7 +41,7 @@ def split_writes(items: list[WriteItem]) -> tuple[list[tuple[int, ValidBatch]], 
 
 
 async def queue_profile_updates(
-    writer: GroupCommitter[WriteItem], project_id: int, updates: Sequence[ProfileUpdate]
+    writer: GroupCommitter[Any], project_id: int, updates: Sequence[ProfileUpdate]
 ) -> list[RecordError]:
     """Hand profile updates to the writer; return once applied and committed."""
     if not updates:

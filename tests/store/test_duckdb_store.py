@@ -10,7 +10,7 @@ import pytest
 
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.validate import IngestContext, validate_events
-from eventkeep.store.base import ScanQuery
+from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.duckdb import DuckDBStore
 
 NOW_MS = 1_800_000_000_000
@@ -96,16 +96,56 @@ def test_export_strings_are_escaped_correctly(store: DuckDBStore) -> None:
     assert e["event"] == name and e["properties"]["distinct_id"] == name
 
 
-def test_a_failing_commit_stores_nothing(store: DuckDBStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_apply_loses_nothing_and_is_applied_at_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events are acknowledged once in the ingest log; if applying them to DuckDB fails,
+    the store refuses more work, and the logged events are applied when it is reopened."""
     import eventkeep.store.duckdb as module
 
+    store = DuckDBStore(tmp_path / "events.duckdb")
+    store.append_sync(1, batch(ev("before")))
     monkeypatch.setattr(module, "INSERT_SQL", module.INSERT_SQL + " RETURNING no_such_column")
-    with pytest.raises(Exception, match=r"no_such_column|Binder"):
-        store.append_sync(1, batch(ev("a"), ev("b")))
+    store.append_sync(1, batch(ev("a"), ev("b")))  # durable in the log: acknowledged
+    with pytest.raises(StoreUnavailable, match="applying logged events failed"):
+        store.count(ScanQuery(1))
+    with pytest.raises(StoreUnavailable):
+        store.append_sync(1, batch(ev("c")))
+    store.close()
     monkeypatch.undo()
-    assert store.count(ScanQuery(1)) == 0
-    store.append_sync(1, batch(ev("c")))
-    assert store.count(ScanQuery(1)) == 1
+    reopened = DuckDBStore(tmp_path / "events.duckdb")
+    try:
+        assert sorted(line["properties"]["$insert_id"] for line in lines(reopened)) == ["a", "b", "before"]
+        reopened.append_sync(1, batch(ev("c")))
+        assert reopened.count(ScanQuery(1)) == 4
+    finally:
+        reopened.close()
+
+
+def test_the_ingest_log_recovers_acknowledged_batches_and_skips_a_torn_tail(tmp_path: Path) -> None:
+    from eventkeep.store.duckdb import _with_project_ids
+    from eventkeep.store.ingest_log import IngestLog
+
+    directory = tmp_path / "log"
+    log = IngestLog(directory, segment_bytes=1)  # a segment per entry
+    first = _with_project_ids([(1, batch(ev("x1"), ev("x2")))])
+    second = _with_project_ids([(2, batch(ev("y1")))])
+    assert (log.append(first), log.append(second)) == (1, 2)
+    log.close()
+    segments = sorted(directory.glob("*.log"))
+    assert len(segments) == 2
+    with open(segments[-1], "ab") as tail:
+        tail.write(b"EKL1\x03" + b"\x00" * 40)  # a crash in the middle of writing entry 3
+
+    reopened = IngestLog(directory)
+    assert reopened.last_seq == 2
+    assert [(seq, rows.column("insert_id").to_pylist()) for seq, rows in reopened.entries_after(0)] == [
+        (1, ["x1", "x2"]), (2, ["y1"])
+    ]
+    assert [seq for seq, _ in reopened.entries_after(1)] == [2]
+    assert reopened.append(first) == 3  # in a new segment, never after the torn bytes
+    assert [seq for seq, _ in IngestLog(directory).entries_after(0)] == [1, 2, 3]
+    reopened.release(2)
+    assert len(list(directory.glob("*.log"))) == 1
+    assert [seq for seq, _ in IngestLog(directory).entries_after(0)] == [3]
 
 
 def test_windowed_export_keeps_global_order_bounds_and_limit(store: DuckDBStore) -> None:
@@ -127,7 +167,10 @@ def test_windowed_export_keeps_global_order_bounds_and_limit(store: DuckDBStore)
 
 def test_one_commit_of_many_batches_keeps_the_latest_copy_of_each_key(store: DuckDBStore) -> None:
     """Batches waiting together share one INSERT; DuckDB itself would apply repeats in any order."""
-    from eventkeep.store.duckdb import _rows_to_insert
+    from eventkeep.store.duckdb import _latest_rows, _with_project_ids
+
+    def _rows_to_insert(items: list[tuple[int, ValidBatch]]) -> Any:
+        return _latest_rows(_with_project_ids(items))
 
     first = batch(ev("a", v=1), ev("b", v=1), ev("same-id", t=1_700_000_000, v=1))
     second = batch(ev("a", v=2), ev("c", v=2), ev("same-id", t=1_700_000_001, v=2), ev("c", v=3))
@@ -148,8 +191,8 @@ def test_one_commit_of_many_batches_keeps_the_latest_copy_of_each_key(store: Duc
     unique = batch(ev("x"), ev("y"))
     assert _rows_to_insert([(1, unique)]).num_rows == 2
 
-    # Through the writer: submitted together, committed together, latest wins.
-    futures = [store._writer.submit((5, b), len(b)) for b in (first, second, third)]
+    # Through the store: logged together, applied together, latest wins.
+    futures = [store._logger.submit((5, b), len(b)) for b in (first, second, third)]
     for future in futures:
         future.result()
     assert {line["properties"]["$insert_id"]: line["properties"]["v"] for line in lines(store, 5)
