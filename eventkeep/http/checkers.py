@@ -6,9 +6,10 @@ loop uses one core however many it has. Large bodies go to worker processes inst
 and the batch comes back in columns ready for the store. Small bodies, the usual SDK
 request, are checked inline, where a process hop would cost more than the work.
 
-The pool starts on the first large body, so servers that never see one never pay for it. A
-worker that dies (killed, out of memory) costs nothing: the request is checked inline and
-the pool is started afresh.
+The pool starts on the first large body, so servers that never see one never pay for it;
+until its workers are ready (about a second), requests are checked inline rather than made
+to wait. A worker that dies (killed, out of memory) costs nothing: the request is checked
+inline and the pool is started afresh.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
@@ -47,6 +48,7 @@ class EventCheckers:
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: list[Future[bool]] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -73,8 +75,11 @@ class EventCheckers:
                 self._pool = ProcessPoolExecutor(
                     self.processes, mp_context=context, initializer=_start_worker
                 )
-                for _ in range(self.processes):
-                    self._pool.submit(_ready)
+                self._warming = [self._pool.submit(_ready) for _ in range(self.processes)]
+            if self._warming:
+                if not all(future.done() for future in self._warming):
+                    return None
+                self._warming = []
             return self._pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:

@@ -21,9 +21,10 @@ Cost and bounds (5M benchmark events, 2 cores):
 - Steps run on the writer thread, between its transactions, so they never race a write
   and deduplication stays exact: a moved row keeps its 128-bit key and a later copy of the
   event finds it through the primary key as before. Events are acknowledged once in the
-  ingest log, so a step (about 2 s for 250k rows) delays only their application; steps
-  run only after a second without writes and never while an export runs (both would
-  compete for the memory limit and the cores).
+  ingest log, so a step (about 2 s for 250k rows) delays only their application. Steps
+  run only after a second without writes and never alongside an export (both would
+  compete for the memory limit and the cores): an export that starts during a step waits
+  for it to end.
 - Each moved row costs about 7-10 µs (sort, delete, insert, index), once: 5M scattered
   events take ~45 s of idle time. Steps of two row groups or more are written straight
   into the database file instead of through DuckDB's WAL, three times cheaper than small
@@ -162,11 +163,14 @@ class TimeClustering:
         self._settled: tuple[Any, ...] | None = None  # table version when a plan found nothing
         self._requests: list[Future[int]] = []
         self._readers = 0
+        self._moving = threading.Lock()  # held by a step (or a full pass) while it runs
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """Held by each running export: idle steps wait until none runs."""
-        with self._lock:
+        """Held by each running export: it waits for a step under way to end, and no step
+        starts until every export is done. (Both sorting at once could overrun a small
+        memory limit; and an export has the cores to itself.)"""
+        with self._moving, self._lock:
             self._readers += 1
         try:
             yield
@@ -182,12 +186,17 @@ class TimeClustering:
 
     def run_idle(self, con: Any) -> bool:
         """Run one step, or a requested full pass. True when a pass has just ended."""
+        with self._moving:
+            return self._run_idle(con)
+
+    def _run_idle(self, con: Any) -> bool:
         with self._lock:
+            if self._readers:
+                return False
             requests, self._requests = self._requests, []
-            readers = self._readers
         if requests:
             return self._full_pass(con, requests)
-        if readers or (not self._plan and time.monotonic() < self._not_before):
+        if not self._plan and time.monotonic() < self._not_before:
             return False
         try:
             if not self._plan and not self._make_plan(con):

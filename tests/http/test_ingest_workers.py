@@ -30,6 +30,11 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def batch(count: int, marker: str) -> list[dict[str, Any]]:
     now = int(time.time())
     return [
@@ -73,9 +78,14 @@ def test_small_bodies_start_no_workers_and_large_ones_use_them(pooled: Server) -
     assert answer.json()["num_records_imported"] == 1999
     assert [r["index"] for r in answer.json()["failed_records"]] == [7]
     wait_for(lambda: len(children(pid)) >= 2)
+    time.sleep(3)  # the workers are ready (until then, bodies are checked inline)
+    before = sum(cpu_ticks(child) for child in children(pid))
+    for part in range(3):
+        assert post(pooled, project, batch(2000, f"more{part}")).status_code == 200
+    assert sum(cpu_ticks(child) for child in children(pid)) > before, "the workers did the checking"
     stored = pooled.export(project)
-    assert len(stored) == 3 + 1999
-    assert {e["properties"]["$insert_id"] for e in stored} >= {"large-0", "large-1999", "small-2"}
+    assert len(stored) == 3 + 1999 + 6000
+    assert {e["properties"]["$insert_id"] for e in stored} >= {"large-0", "large-1999", "small-2", "more2-1999"}
 
 
 def test_a_killed_worker_costs_no_request(pooled: Server) -> None:

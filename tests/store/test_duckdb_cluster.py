@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -200,3 +201,19 @@ def test_memory_limit_sizes_the_steps() -> None:
     assert duckdb_cluster.step_rows(connection) == 122 * 1024**2 // 2 // 2000
     connection.execute("SET memory_limit = '4GB'")
     assert duckdb_cluster.step_rows(connection) == duckdb_cluster.MAX_STEP_ROWS
+
+
+def test_an_export_waits_for_a_step_under_way() -> None:
+    clustering = duckdb_cluster.TimeClustering()
+    entered = threading.Event()
+
+    def export() -> None:
+        with clustering.reading():
+            entered.set()
+
+    with clustering._moving:  # as during a step
+        thread = threading.Thread(target=export)
+        thread.start()
+        assert not entered.wait(0.3)
+    assert entered.wait(10)
+    thread.join()
