@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -383,13 +383,13 @@ class DuckDBStore:
         log.info("checkpoint took %.3fs", time.monotonic() - started)
 
     def _checkpoint_if_idle(self) -> None:
-        """Idle-time work of the writer: one step of clustering by time, then a checkpoint
-        if a clustering pass just ended (to vacuum the moved rows' old slots) or the log has
-        grown. See eventkeep/store/duckdb_cluster.py."""
+        """Idle-time work of the writer: one step of clustering by time (which checkpoints
+        at the end of a pass, to vacuum the moved rows' old slots), then a checkpoint if the
+        log has grown. See eventkeep/store/duckdb_cluster.py."""
         from eventkeep.store.duckdb_cluster import clustering_of
 
-        pass_ended = clustering_of(self).run_idle(self._con)
-        if pass_ended or self._wal_size() > WAL_CHECKPOINT_IDLE_BYTES:
+        clustering_of(self).run_idle(self._con, self._checkpoint)
+        if self._wal_size() > WAL_CHECKPOINT_IDLE_BYTES:
             self._checkpoint()
 
     def cluster(self, timeout: float | None = None) -> int:
@@ -431,6 +431,12 @@ class DuckDBStore:
         row = self._con.cursor().execute(f"SELECT count(*) FROM events WHERE {where}", params).fetchone()
         return int(row[0]) if row else 0
 
+    # Bounds on the bytes of lines one export window sorts (see _window_budget); the first
+    # window guesses this many bytes per line, the next ones know.
+    WINDOW_MAX_BYTES = 64 * 1024 * 1024
+    WINDOW_MIN_BYTES = 1024 * 1024
+    WINDOW_FIRST_LINE_BYTES = 1024
+
     def export_lines(
         self,
         query: ScanQuery,
@@ -438,22 +444,25 @@ class DuckDBStore:
         time_in_ms: bool = False,
         local_time_zone: str | None = None,
         rows_per_chunk: int = 2048,
-        rows_per_window: int = 100_000,
+        rows_per_window: int | None = None,
         bytes_per_chunk: int = 512 * 1024,
     ) -> Iterator[bytes]:
         """Stream the export in time order, one bounded time window at a time.
 
         One ORDER BY over a whole export holds every selected row in memory before the
         first leaves (about 0.9 GB for a million events), and under a memory limit DuckDB
-        spills the sort at about 145k events/s. Windows of about `rows_per_window` events,
-        chosen from a histogram of `time_ms`, each sort only their own rows in memory, so
-        memory stays flat however long the export. A window's filter on `time_ms` costs
-        little only if the table is stored roughly in time order, since DuckDB decodes
-        `properties` for every 2,048-row vector holding a row of the window: events that
-        arrive in time order are, and idle-time clustering (duckdb_cluster.py) moves those
-        imported out of order. Unclustered, the export is still exact and flat, but each
-        window decodes the whole table (5M scattered events: 163k events/s, against
-        about 600k/s clustered).
+        spills the sort at about 145k events/s. Instead, consecutive time windows, chosen
+        from a histogram of `time_ms`, each sort only their own rows in memory, so memory
+        stays flat however long the export. A window's lines may take a third of DuckDB's
+        memory limit, at most 64 MB (`_window_budget`: ~87k events of the benchmark's size
+        under a 128 MB limit), and `rows_per_window` if given.
+
+        A window's filter on `time_ms` is cheap only if the table is stored roughly in time
+        order, since DuckDB decodes `properties` for every 2,048-row vector holding a row of
+        the window. Events that arrive in time order are; idle-time clustering
+        (duckdb_cluster.py) moves those imported out of order. Unclustered, the export is
+        as exact and as flat, but every window decodes the whole table (5M scattered
+        events, 128 MB limit: 287k events/s, against 645k/s clustered).
 
         DuckDB hands over batches of `rows_per_chunk` lines (small batches keep its
         conversion buffers small: 2,048 rows peaked 40 MB lower than 10,000); they go out
@@ -464,14 +473,24 @@ class DuckDBStore:
 
         self._caught_up()
         with clustering_of(self).reading():
+            budget = self._window_budget()
+            seen = [0, 0]  # lines and bytes exported so far, to size the next window
+
+            def window_rows() -> int:
+                line_bytes = seen[1] / seen[0] if seen[0] else self.WINDOW_FIRST_LINE_BYTES
+                rows = max(1, int(budget / line_bytes))
+                return rows if rows_per_window is None else min(rows, rows_per_window)
+
             remaining = query.limit
             pending: list[bytes] = []
             size = 0
-            for window_from, window_to in self._windows(query, rows_per_window):
+            for window_from, window_to in self._windows(query, window_rows):
                 window = replace(query, from_ms=window_from, to_ms=window_to, limit=remaining)
-                for piece in self._export_window(window, time_in_ms, local_time_zone, rows_per_chunk):
+                for piece, lines in self._export_window(window, time_in_ms, local_time_zone, rows_per_chunk):
+                    seen[0] += lines
+                    seen[1] += len(piece)
                     if remaining is not None:
-                        remaining -= piece.count(b"\n")
+                        remaining -= lines
                     pending.append(piece)
                     size += len(piece)
                     if size >= bytes_per_chunk:
@@ -482,15 +501,35 @@ class DuckDBStore:
             if pending:
                 yield b"".join(pending)
 
-    def _windows(self, query: ScanQuery, rows_per_window: int) -> list[tuple[int | None, int | None]]:
-        """Consecutive time ranges holding about `rows_per_window` candidate rows each.
+    def _window_budget(self) -> int:
+        """Bytes of lines one export window may sort: a third of what DuckDB's memory limit
+        leaves beside the deduplication index (a window of 87 MB of lines still sorted
+        under a 128 MB limit, 110 MB did not), at most WINDOW_MAX_BYTES."""
+        from eventkeep.store.duckdb_cluster import memory_limit_bytes
 
-        The histogram's buckets hold about an eighth of a window each (at most an hour, at
-        least a second), so that a busy hour does not make one oversized window. The ranges
-        meet end to end and keep the caller's bounds at both ends.
+        cursor = self._con.cursor()  # the writer thread may be using the connection
+        try:
+            limit = memory_limit_bytes(cursor)
+            row = cursor.execute(
+                "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'"
+            ).fetchone()
+        finally:
+            cursor.close()
+        if limit is None:
+            return self.WINDOW_MAX_BYTES
+        free = limit - (int(row[0]) if row else 0)
+        return max(self.WINDOW_MIN_BYTES, min(self.WINDOW_MAX_BYTES, free // 3))
+
+    def _windows(
+        self, query: ScanQuery, window_rows: Callable[[], int]
+    ) -> Iterator[tuple[int | None, int | None]]:
+        """Consecutive time ranges holding about `window_rows()` candidate rows each,
+        asked afresh for each window (the export learns the size of its lines).
+
+        The histogram's buckets hold about an eighth of the first window each (at most an
+        hour, at least a second), so that a busy hour does not make one oversized window.
+        The ranges meet end to end and keep the caller's bounds at both ends.
         """
-        from itertools import pairwise
-
         from eventkeep.store.duckdb_cluster import bucket_ms
 
         coarse = replace(query, events=None, where=None, limit=None)
@@ -501,9 +540,9 @@ class DuckDBStore:
                 f"SELECT count(*), min(time_ms), max(time_ms) FROM events WHERE {where}", params
             ).fetchone()
             if row is None or not row[0]:
-                return []
+                return
             total, low, high = (int(value) for value in row)
-            width = bucket_ms(high - low + 1, total, rows_per_window)
+            width = bucket_ms(high - low + 1, total, window_rows())
             histogram = cursor.execute(
                 f"SELECT (time_ms - {low}) // {width} AS b, count(*) FROM events WHERE {where} "
                 "GROUP BY b ORDER BY b",
@@ -511,19 +550,19 @@ class DuckDBStore:
             ).fetchall()
         finally:
             cursor.close()
-        bounds: list[int | None] = [query.from_ms]
-        rows = 0
+        start, rows, target = query.from_ms, 0, window_rows()
         for bucket, count in histogram[:-1]:
             rows += count
-            if rows >= rows_per_window:
-                bounds.append(low + (bucket + 1) * width)
-                rows = 0
-        bounds.append(query.to_ms)
-        return list(pairwise(bounds))
+            if rows >= target:
+                end = low + (bucket + 1) * width
+                yield start, end
+                start, rows, target = end, 0, window_rows()
+        yield start, query.to_ms
 
     def _export_window(
         self, query: ScanQuery, time_in_ms: bool, local_time_zone: str | None, rows_per_chunk: int
-    ) -> Iterator[bytes]:
+    ) -> Iterator[tuple[bytes, int]]:
+        """The window's lines, in batches: (bytes, number of lines)."""
         where, params = self._filter(query)
         time_ms = "time_ms"
         if local_time_zone is not None:
@@ -551,7 +590,7 @@ class DuckDBStore:
             reader = cursor.sql(sql, params=params).to_arrow_reader(rows_per_chunk)
             for record_batch in reader:
                 if record_batch.num_rows:
-                    yield _string_column_bytes(record_batch.column(0))
+                    yield _string_column_bytes(record_batch.column(0)), record_batch.num_rows
         finally:
             cursor.close()
 

@@ -136,7 +136,7 @@ def test_a_busy_hour_is_split_into_several_windows(store: DuckDBStore) -> None:
                                            "$insert_id": f"b{i}"}} for i in range(1000)]
     append(store, busy)
     store._caught_up()
-    windows = store._windows(ScanQuery(1), 100)
+    windows = list(store._windows(ScanQuery(1), lambda: 100))
     assert len(windows) >= 5
     assert windows[0][0] is None and windows[-1][1] is None
     assert all(a[1] == b[0] for a, b in pairwise(windows))
@@ -160,38 +160,54 @@ def con(small_steps: None) -> Iterator[duckdb.DuckDBPyConnection]:
     connection.close()
 
 
+def stored(con: duckdb.DuckDBPyConnection) -> list[Any]:
+    return con.execute("SELECT * FROM events ORDER BY rowid").fetchall()
+
+
 def test_idle_steps_move_one_range_at_a_time_then_settle(con: duckdb.DuckDBPyConnection) -> None:
     clustering = duckdb_cluster.TimeClustering()
+    checkpoints: list[int] = []
     plan = duckdb_cluster.scattered_ranges(con, 500)
     assert len(plan) >= 8
-    ended = [clustering.run_idle(con) for _ in plan]
-    assert ended == [False] * (len(plan) - 1) + [True]
+    for step in range(len(plan)):
+        clustering.run_idle(con, lambda step=step: checkpoints.append(step))
+    assert checkpoints == [len(plan) - 1]  # once, when the pass ends
     times = [row[0] for row in con.execute("SELECT time_ms FROM events ORDER BY rowid").fetchall()]
     assert times == sorted(times)
     assert con.execute("SELECT count(*), count(DISTINCT key) FROM events").fetchone() == (5000, 5000)
     assert duckdb_cluster.scattered_ranges(con, 500) == []
     clustering._not_before = 0.0
-    assert clustering.run_idle(con) is False  # plans, finds nothing, and remembers the table
-    assert clustering._settled is not None
+    clustering.run_idle(con, lambda: checkpoints.append(-1))  # plans, finds nothing, remembers
+    assert checkpoints == [len(plan) - 1] and clustering._settled is not None
 
 
 def test_idle_steps_wait_for_running_exports(con: duckdb.DuckDBPyConnection) -> None:
     clustering = duckdb_cluster.TimeClustering()
-    before = con.execute("SELECT time_ms FROM events ORDER BY rowid").fetchall()
+    before = stored(con)
     with clustering.reading():
-        assert clustering.run_idle(con) is False
-    assert con.execute("SELECT time_ms FROM events ORDER BY rowid").fetchall() == before
-    assert clustering.run_idle(con) is False  # one range moved, more to go
-    assert con.execute("SELECT time_ms FROM events ORDER BY rowid").fetchall() != before
+        clustering.run_idle(con, lambda: None)
+    assert stored(con) == before
+    clustering.run_idle(con, lambda: None)  # one range moved, more to go
+    after = stored(con)
+    assert after != before and sorted(after) == sorted(before)
 
 
-def test_a_failing_step_changes_nothing_and_backs_off(con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_step_changes_nothing_and_backs_off(con: duckdb.DuckDBPyConnection) -> None:
+    class FailingInsert:
+        """The connection, but the re-insert fails after the delete."""
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("INSERT INTO events"):
+                raise duckdb.OutOfMemoryException("as if the memory limit were too small")
+            return con.execute(sql, *args)
+
     clustering = duckdb_cluster.TimeClustering()
-    before = con.execute("SELECT * FROM events ORDER BY rowid").fetchall()
-    monkeypatch.setattr(duckdb_cluster, "step_rows", lambda con: 1 / 0)
-    assert clustering.run_idle(con) is False
+    before = stored(con)
+    clustering.run_idle(FailingInsert(), lambda: None)
     assert clustering._not_before > 0 and clustering._plan == []
-    assert con.execute("SELECT * FROM events ORDER BY rowid").fetchall() == before
+    assert stored(con) == before  # rolled back
+    clustering.run_idle(con, lambda: None)  # backing off: does not even plan
+    assert clustering._plan == [] and stored(con) == before
 
 
 def test_memory_limit_sizes_the_steps() -> None:
@@ -217,3 +233,32 @@ def test_an_export_waits_for_a_step_under_way() -> None:
         assert not entered.wait(0.3)
     assert entered.wait(10)
     thread.join()
+
+
+def test_export_windows_are_sized_from_memory(store: DuckDBStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    append(store, scattered_events(2000))
+    whole = b"".join(store.export_lines(ScanQuery(1)))  # one window: 2000 short lines
+    windows: list[ScanQuery] = []
+    export_window = store._export_window
+
+    def spy(query: ScanQuery, *args: Any) -> Any:
+        windows.append(query)
+        return export_window(query, *args)
+
+    monkeypatch.setattr(store, "_export_window", spy)
+    monkeypatch.setattr(DuckDBStore, "WINDOW_MAX_BYTES", 16 * 1024)
+    monkeypatch.setattr(DuckDBStore, "WINDOW_MIN_BYTES", 1024)
+    assert b"".join(store.export_lines(ScanQuery(1))) == whole
+    # The first window guesses 1 KB a line (16 lines); the next ones fit ~16 KB of real lines.
+    line_bytes = len(whole) / 2000
+    assert 0.5 * len(whole) / 16384 < len(windows) < 2 * len(whole) / 16384 + 2
+    assert windows[0].to_ms is not None and windows[0].from_ms is None
+    assert line_bytes < 400
+
+
+def test_export_windows_fit_the_memory_limit(tmp_path: Path) -> None:
+    small = DuckDBStore(tmp_path / "small.duckdb", memory_limit="96MB")
+    try:
+        assert 20 * 1024**2 < small._window_budget() < 31 * 1024**2  # a third of 91.5 MiB
+    finally:
+        small.close()
