@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,21 @@ def realistic_events(count: int, *, seed: int = 7, start_s: int = 1_700_000_000,
         if len(recent) < 10_000:
             recent.append(event)
         yield event
+
+
+def store_events(store: Any, project_id: int, events: Iterable[dict[str, Any]]) -> None:
+    """Validate and store events straight into a store, 2000 at a time, as the server would."""
+    from eventkeep.ingest.validate import IngestContext, validate_events
+
+    ctx = IngestContext("import", int(time.time() * 1000), "bench")
+    batch: list[dict[str, Any]] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == 2000:
+            store.append_sync(project_id, validate_events(batch, ctx))
+            batch = []
+    if batch:
+        store.append_sync(project_id, validate_events(batch, ctx))
 
 
 def free_port() -> int:

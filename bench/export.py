@@ -22,8 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ServerProcess, machine, realistic_events
-from eventkeep.ingest.validate import IngestContext, validate_events
+from bench.common import ServerProcess, machine, realistic_events, store_events
 from eventkeep.projects.sqlite import SQLiteRegistry
 from eventkeep.store.duckdb import DuckDBStore
 
@@ -34,15 +33,7 @@ def load(data_dir: Path, count: int, *, cluster: bool = True) -> tuple[int, str]
     registry = SQLiteRegistry(data_dir / "projects.sqlite3")
     project = registry.create_project("bench")
     store = DuckDBStore(data_dir / "events.duckdb")
-    ctx = IngestContext("import", int(time.time() * 1000), "bench")
-    batch: list[dict[str, object]] = []
-    for event in realistic_events(count):
-        batch.append(event)
-        if len(batch) == 2000:
-            store.append_sync(project.id, validate_events(batch, ctx))
-            batch = []
-    if batch:
-        store.append_sync(project.id, validate_events(batch, ctx))
+    store_events(store, project.id, realistic_events(count))
     if cluster:
         started = time.perf_counter()
         moved = store.cluster()
