@@ -6,10 +6,9 @@ loop uses one core however many it has. Large bodies go to worker processes inst
 and the batch comes back in columns ready for the store. Small bodies, the usual SDK
 request, are checked inline, where a process hop would cost more than the work.
 
-The pool starts on the first large body, so servers that never see one never pay for it;
-until its workers are ready (about a second), requests are checked inline rather than made
-to wait. A worker that dies (killed, out of memory) costs nothing: the request is checked
-inline and the pool is started afresh.
+The pool starts with the server (`start`); until its workers are ready (about a second),
+requests are checked inline rather than made to wait. A worker that dies (killed, out of
+memory) costs nothing: the request is checked inline and the pool is started afresh.
 """
 
 from __future__ import annotations
@@ -51,6 +50,11 @@ class EventCheckers:
         self._warming: list[Future[bool]] = []
         self._lock = threading.Lock()
         self._closed = False
+
+    def start(self) -> None:
+        """Start the workers now, in the background, so the first large bodies find them."""
+        if self.processes > 0:
+            self._running_pool()
 
     async def check(self, request: EventRequest) -> CheckedEvents:
         if self.processes <= 0 or len(request.body) < INLINE_MAX_BYTES:

@@ -98,9 +98,9 @@ _PROFILE_KEYS_ARROW = pa.schema(
 WAL_CHECKPOINT_IDLE_BYTES = 16 * 1024 * 1024
 WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
 # Logged rows not yet applied beyond which logging waits for the writer: enough for the
-# writer to checkpoint under full load without requests noticing, and a bound on memory
-# (about 120 MB of rows).
-MAX_UNAPPLIED_ROWS = 250_000
+# writer to checkpoint under full load (up to 2 s) without requests noticing, and a bound
+# on memory (about 200 MB of rows).
+MAX_UNAPPLIED_ROWS = 400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +182,11 @@ class DuckDBStore:
         seq = self._log.append(rows)
         while self._unapplied and (self._unapplied[0][0].done() or self._unapplied_rows > MAX_UNAPPLIED_ROWS):
             future, count = self._unapplied.popleft()
-            future.exception()  # waits if need be; a failure is the writer's to report
+            if not future.done():
+                started = time.monotonic()
+                future.exception()  # waits; a failure is the writer's to report
+                log.info("logging waited %.3fs for the writer (%d rows unapplied)",
+                         time.monotonic() - started, self._unapplied_rows)
             self._unapplied_rows -= count
         future = self._writer.submit(_LoggedRows(seq, rows), rows.num_rows, wait=True)
         self._unapplied.append((future, rows.num_rows))
