@@ -1,4 +1,4 @@
-"""The embedded default store: one DuckDB file, one writer thread, group commit.
+"""The embedded default store: one DuckDB file, an ingest log in front, group commit.
 
 Deduplication is exact and cheap: each event's key (project, event, distinct_id, time,
 $insert_id) is hashed inside DuckDB to a 128-bit number that is the table's only primary
@@ -7,10 +7,12 @@ wins. Fields are length-prefixed before hashing, so two different keys can only 
 hash by an MD5 collision of 128 bits (about one in 10^20 for a billion events), not by any
 arrangement of the fields. One narrow key costs a fraction of a five-column primary key.
 
-Durability: a batch's future resolves only after DuckDB's COMMIT has returned, and DuckDB
-syncs its write-ahead log before a commit returns. Automatic checkpoints are kept out of the
-request path (they would stall inserts); the writer checkpoints when idle or when the log
-grows past a bound.
+Durability: a batch's future resolves once the group it was logged with is synced in the
+ingest log (eventkeep.store.ingest_log). One writer thread applies logged groups to DuckDB in
+large transactions, recording the last entry applied in the same transaction, and
+checkpoints when idle or when DuckDB's own log passes a bound: a checkpoint blocks DuckDB
+commits for a second or more under load, and now only the writer waits for it. Reads of
+events first wait until everything acknowledged before them is applied.
 """
 
 from __future__ import annotations
