@@ -92,12 +92,6 @@ class EventCheckers:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def worker_pids(self) -> list[int]:
-        """For tests and diagnostics."""
-        with self._lock:
-            processes = getattr(self._pool, "_processes", None) or {}
-            return list(processes)
-
     def close(self) -> None:
         with self._lock:
             self._closed = True
