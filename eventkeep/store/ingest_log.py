@@ -71,9 +71,16 @@ class IngestLog:
         if self._fd is None or self._written >= self._segment_bytes:
             self._start_segment(seq)
         assert self._fd is not None
-        _write_all(self._fd, header)
-        _write_all(self._fd, memoryview(payload))
-        os.fdatasync(self._fd)
+        try:
+            _write_all(self._fd, header)
+            _write_all(self._fd, memoryview(payload))
+            os.fdatasync(self._fd)
+        except OSError:
+            # The entry may be torn (a full disk, an I/O error). Nothing may follow a torn
+            # entry in its segment, or recovery would never reach it: start a new one.
+            os.close(self._fd)
+            self._fd = None
+            raise
         self._written += len(header) + payload.size
         self.last_seq = seq
         return seq

@@ -197,3 +197,44 @@ def test_one_commit_of_many_batches_keeps_the_latest_copy_of_each_key(store: Duc
         future.result()
     assert {line["properties"]["$insert_id"]: line["properties"]["v"] for line in lines(store, 5)
             if line["properties"]["time"] == 1_700_000_000} == {"a": 4, "b": 1, "c": 3, "same-id": 1}
+
+
+def test_a_failed_log_write_is_refused_and_later_entries_stay_recoverable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way (a full disk) leaves a torn entry: the request fails, and
+    what is acknowledged afterwards must not sit behind the torn bytes."""
+    import os
+
+    import eventkeep.store.ingest_log as ingest_log
+
+    store = DuckDBStore(tmp_path / "events.duckdb")
+    store.append_sync(1, batch(ev("first")))
+    real_write = os.write
+
+    def half_write(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ingest_log.os, "write", half_write)
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        store.append_sync(1, batch(ev("refused")))
+    monkeypatch.undo()
+    store.append_sync(1, batch(ev("applied")))
+    # Then a crash between logging and applying: the writer never sees the next batch.
+    from concurrent.futures import Future
+
+    never_applied: Future[None] = Future()
+    never_applied.set_result(None)
+    monkeypatch.setattr(store._writer, "submit", lambda *args, **kwargs: never_applied)
+    store.append_sync(1, batch(ev("after")))
+    store._logger.close()
+    store._writer.close()
+    store._con.close()
+    store._log.close()
+
+    reopened = DuckDBStore(tmp_path / "events.duckdb")
+    try:
+        assert sorted(line["properties"]["$insert_id"] for line in lines(reopened)) == ["after", "applied", "first"]
+    finally:
+        reopened.close()
