@@ -11,7 +11,8 @@ length, CRC-32) and an Arrow IPC stream of rows with their project id. Recovery 
 segment in order and applies the entries DuckDB has not recorded as applied; applying is
 idempotent (latest copy wins), so an entry applied twice is harmless. A crash can leave a
 torn entry only at the end of a segment, and such an entry was never acknowledged: recovery
-skips it, and a reopened log always starts a new segment, so nothing is written after it.
+skips it, and a reopened log, like one whose write just failed, starts a new segment, so
+nothing is ever written after a torn entry.
 """
 
 from __future__ import annotations
