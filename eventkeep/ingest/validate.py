@@ -194,28 +194,93 @@ def _accept_checked_batch(
             return None
         if not limits.DISALLOWED_IDS.isdisjoint(map(str.lower, given)):
             return None
-    sizes = list(map(len, map(_encode, items)))
-    if max(sizes) >= limits.MAX_EVENT_BYTES:
-        return None
-
     if decisions_only:
+        if max(map(len, map(_encode, items))) >= limits.MAX_EVENT_BYTES:
+            return None
         return ValidBatch(indexes=list(range(len(items))))
-    # Every rule passed: edit the properties (this request's own) and encode them.
-    if len(given) != len(insert_ids):
-        insert_ids = [_new_insert_id() if i is None else i for i in insert_ids]
-    tokens = [props.pop("token", None) for props in all_props]
-    for props, insert_id, size in zip(all_props, insert_ids, sizes, strict=True):
+    return _store_checked_batch(names, all_props, times, times_ms, distinct_ids, insert_ids, added)
+
+
+_MISSING: Any = object()
+# Keys the server adds to every stored event; an event that already has one goes the long way.
+_ADDED_KEYS = (b'"$import":', b'"$mp_api_endpoint":', b'"$mp_api_timestamp_ms":',
+               b'"mp_processing_time_ms":', b'"$mp_event_size":')
+
+
+def _store_checked_batch(
+    names: list[str],
+    all_props: list[dict[str, Any]],
+    times: list[Any],
+    times_ms: list[int],
+    distinct_ids: list[str],
+    insert_ids: list[Any],
+    added: dict[str, Any],
+) -> ValidBatch | None:
+    """Edit and encode the properties of a batch that passed every rule but the size one.
+
+    Each event is encoded once. `$mp_event_size`, the length of the event as compact JSON,
+    follows from the length of its encoded properties and of the pairs taken out (`time`,
+    `distinct_id`, `token`) or put in (a generated `$insert_id`): in a JSON object every
+    pair adds its own length plus one byte (a comma or the closing brace). The ingestion
+    properties are appended to the encoded bytes rather than to each dict. An event over
+    the size limit (rare: over 1 MB) puts everything back as it was and returns None.
+    """
+    tokens = [props.pop("token", _MISSING) for props in all_props]
+    for props in all_props:
         del props["time"]
         del props["distinct_id"]
-        props["$insert_id"] = insert_id
-        props.update(added)
-        props["$mp_event_size"] = size
+    generated = [row for row, insert_id in enumerate(insert_ids) if insert_id is None]
+    was_null = [all_props[row].get("$insert_id", _MISSING) is None for row in generated]
+    if generated:
+        insert_ids = list(insert_ids)
+        for row in generated:
+            all_props[row]["$insert_id"] = insert_ids[row] = _new_insert_id()
+    encoded = list(map(_encode, all_props))
+
+    name_bytes = {name: len(_encode(name)) for name in set(names)}
+    # {"event":NAME,"properties":{...}} is 24 bytes around the name and the properties;
+    # "time":T, is 8 bytes around T and "distinct_id":D, 15 around D.
+    sizes = [
+        24 + name_bytes[name] + len(core) + 8 + time_bytes + 15 + id_bytes
+        for name, core, time_bytes, id_bytes in zip(
+            names, encoded, map(len, map(_encode, times)), map(len, map(_encode, distinct_ids)), strict=True
+        )
+    ]
+    for row, token in enumerate(tokens):
+        if token is not _MISSING:
+            sizes[row] += 9 + len(_encode(token))  # "token":T,
+    for row, null in zip(generated, was_null, strict=True):
+        # "$insert_id":ID, is 14 bytes around ID; the event had no such pair, or had null.
+        sizes[row] -= 14 + len(_encode(insert_ids[row])) - (18 if null else 0)
+
+    if max(sizes) >= limits.MAX_EVENT_BYTES:
+        for props, raw_time, distinct_id, token in zip(all_props, times, distinct_ids, tokens, strict=True):
+            props["time"] = raw_time
+            props["distinct_id"] = distinct_id
+            if token is not _MISSING:
+                props["token"] = token
+        for row, null in zip(generated, was_null, strict=True):
+            if null:
+                all_props[row]["$insert_id"] = None
+            else:
+                del all_props[row]["$insert_id"]
+        return None
+
+    blob = b"\n".join(encoded)
+    if any(key in blob for key in _ADDED_KEYS):
+        for props, size in zip(all_props, sizes, strict=True):
+            props.update(added)
+            props["$mp_event_size"] = size
+        properties = list(map(_encode, all_props))
+    else:
+        tail = b"," + _encode(added)[1:-1] + b',"$mp_event_size":'
+        properties = [b"%s%s%d}" % (core[:-1], tail, size) for core, size in zip(encoded, sizes, strict=True)]
     return ValidBatch.from_columns(
         events=names,
         distinct_ids=distinct_ids,
         times_ms=times_ms,
         insert_ids=insert_ids,
-        properties=list(map(_encode, all_props)),
+        properties=properties,
         tokens=[token if type(token) is str else None for token in tokens],
     )
 

@@ -192,3 +192,37 @@ def test_track_with_ip_derives_a_distinct_id_from_the_client_address() -> None:
     with_ip = EventRequest("track", body, "application/x-ndjson", {"ip": "1"}, NOW_MS, client_host="10.1.2.3")
     assert check_events(plain).batch.errors[0].field == "properties.distinct_id"
     assert check_events(with_ip).batch.distinct_ids == [validate.distinct_id_for_address("10.1.2.3")]
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS, ids=["import", "track"])
+def test_sizes_follow_from_the_encoded_properties_and_an_oversized_event_undoes_the_edits(ctx: IngestContext) -> None:
+    """`$mp_event_size` is computed, not re-encoded: check it against the rules on events
+    with and without tokens, with generated and null `$insert_id`s, escaped strings and
+    float times; then add an event over 1 MB, which sends the batch the long way after its
+    edits are undone (the long way must see exactly the original events)."""
+    items = realistic(30)
+    for i, item in enumerate(items):
+        props = item["properties"]
+        if i % 3 == 0:
+            del props["token"]
+        if i % 4 == 1:
+            del props["$insert_id"]
+        if i % 4 == 2:
+            props["$insert_id"] = None
+        if i % 5 == 0:
+            props["time"] = NOW_S - 100.25
+            props["quote"] = 'say "hi" \\ é \n'
+    fast, slow, checked = both_ways(ndjson(items), ctx)
+    assert checked
+    same(fast, slow)
+    sizes = [json.loads(p)["$mp_event_size"] for p in fast.properties]
+    assert sizes == [len(msgspec.json.encode(item)) for item in items]
+
+    big = {"event": "Big", "properties": {"time": NOW_S - 5, "distinct_id": "u", "$insert_id": "big-1",
+                                          "rows": [["x" * 20] * 254] * 254}}
+    with_big = [*items, big]
+    fast, slow, checked = both_ways(ndjson(with_big), ctx)
+    assert checked
+    same(fast, slow)
+    assert [(e.index, e.message) for e in fast.errors] == [(30, "event is invalid: must be smaller than 1MB of uncompressed JSON")]
+    assert len(fast) == 30
