@@ -183,24 +183,25 @@ class _CountingRaw(io.RawIOBase):
         return n
 
 
-class _ArrowRaw(io.RawIOBase):
-    """A pyarrow input stream seen as a Python raw stream (for BufferedReader, TextIOWrapper)."""
+class _RawReader(io.RawIOBase):
+    """Any object with read() and close() (a gzip file, a pyarrow stream) as a raw stream, so
+    that a BufferedReader, which has peek, can sit on it; closing it closes the object."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
+        data = self._inner.read(len(buffer))
         n = len(data)
         buffer[:n] = data
         return n
 
     def close(self) -> None:
         try:
-            self._stream.close()
+            self._inner.close()
         finally:
             super().close()
 
@@ -232,33 +233,16 @@ def _open_decompressed(source: Source, stack: ExitStack, counter: ByteCounter) -
 
         # In this thread: a decompressing thread measured slower (GIL hand-offs) than
         # ISA-L inline, which inflates at over 1 GB/s.
-        stream = igzip.IGzipFile(fileobj=raw, mode="rb")
-        stack.callback(stream.close)
-        return io.BufferedReader(_Unbuffered(stream), BLOCK), "gzip"
+        adapter = _RawReader(igzip.IGzipFile(fileobj=raw, mode="rb"))
+        stack.callback(adapter.close)
+        return io.BufferedReader(adapter, BLOCK), "gzip"
     if head.startswith(ZSTD_MAGIC):
         import pyarrow as pa
 
-        arrow = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd")
-        adapter = _ArrowRaw(arrow)
+        adapter = _RawReader(pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd"))
         stack.callback(adapter.close)
         return io.BufferedReader(adapter, BLOCK), "zstd"
     return raw, "none"
-
-
-class _Unbuffered(io.RawIOBase):
-    """Lets a BufferedReader (which has peek) sit on any object with read()."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
 
 
 def _sniff(stream: io.BufferedReader, source: Source, named: Format | None) -> Format:
