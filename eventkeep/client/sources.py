@@ -167,10 +167,15 @@ class ByteCounter:
         self.value = 0
 
 
-class _CountingRaw(io.RawIOBase):
-    def __init__(self, inner: IO[bytes], counter: ByteCounter) -> None:
+class _RawReader(io.RawIOBase):
+    """Any object with read() (a file, a gzip file, a pyarrow stream) as a raw stream, so
+    that a BufferedReader, which has peek, can sit on it. It adds what it reads to `counter`
+    if given, and closes the object when closed if it `owns` it (never standard input)."""
+
+    def __init__(self, inner: Any, *, counter: ByteCounter | None = None, owns: bool = True) -> None:
         self._inner = inner
         self._counter = counter
+        self._owns = owns
 
     def readable(self) -> bool:
         return True
@@ -179,29 +184,14 @@ class _CountingRaw(io.RawIOBase):
         data = self._inner.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self._counter.value += n
-        return n
-
-
-class _RawReader(io.RawIOBase):
-    """Any object with read() and close() (a gzip file, a pyarrow stream) as a raw stream, so
-    that a BufferedReader, which has peek, can sit on it; closing it closes the object."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
+        if self._counter is not None:
+            self._counter.value += n
         return n
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            if self._owns:
+                self._inner.close()
         finally:
             super().close()
 
@@ -226,7 +216,7 @@ def _open_decompressed(source: Source, stack: ExitStack, counter: ByteCounter) -
             inner = stack.enter_context(open(source.path, "rb"))  # noqa: SIM115
         except OSError as exc:
             raise InputError(f"{source.label}: {exc.strerror}") from None
-    raw: io.BufferedReader[Any] = io.BufferedReader(_CountingRaw(inner, counter), BLOCK)
+    raw: io.BufferedReader[Any] = io.BufferedReader(_RawReader(inner, counter=counter, owns=False), BLOCK)
     head = raw.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         from isal import igzip
