@@ -118,6 +118,12 @@ class ServerProcess:
                 lines += chunk.count(b"\n")
         return lines
 
+    def wait_applied(self, secret: str) -> None:
+        """Return once every acknowledged event is queryable: an export of an empty date range
+        still waits for the store to apply what it has acknowledged."""
+        params = {"from_date": "1971-01-01", "to_date": "1971-01-01"}
+        httpx.get(self.url + "/api/2.0/export", params=params, auth=(secret, ""), timeout=600).raise_for_status()
+
     def rss_mb(self, field: str = "VmRSS") -> float:
         return proc_memory_mb(self.process.pid, field)
 

@@ -113,7 +113,10 @@ def main() -> None:
         server = ServerProcess(data_dir)
         try:
             secret = server.secret()
+            started = time.perf_counter()
             elapsed, latencies, failures = run_clients(server.url, secret, bodies, args.clients, args.time_limit)
+            server.wait_applied(secret)
+            applied = time.perf_counter() - started
             peak = server.rss_mb("VmHWM")
             stored = server.count(secret)
         finally:
@@ -123,6 +126,8 @@ def main() -> None:
     reference_rate = args.events / reference_s
     print(f"machine: {machine()}")
     print(f"ingest: {sent} events in {elapsed:.1f}s with {args.clients} clients = {rate:,.0f} events/s ({failures} failed requests)")
+    print(f"sustained (until every acknowledged event was queryable, {applied - elapsed:.1f}s after the last answer): "
+          f"{sent / applied:,.0f} events/s")
     print(f"latency per {args.batch}-event request: p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
           f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
     print(f"server peak RSS: {peak:.0f} MB")

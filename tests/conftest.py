@@ -17,11 +17,13 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,3 +302,27 @@ def event(name: str = "Signed up", **properties: Any) -> dict[str, Any]:
     }
     props.update(properties)
     return {"event": name, "properties": props}
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip stream of `[`, `inflated` spaces and `]`, built without ever holding it inflated.
+
+    One 1 MiB block of spaces is deflated once and repeated: after a full flush deflate keeps
+    no history, so identical input gives identical, independently decodable bytes. Deflate
+    cannot do better than about 1:1032, so a gigabyte needs about 1 MB of gzip.
+    """
+    block = 1024 * 1024
+    assert inflated % block == 0
+    spaces = b" " * block
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(b"[") + deflate.flush(zlib.Z_FULL_FLUSH)
+    piece = deflate.compress(spaces) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.compress(b"]") + deflate.flush()
+    count = inflated // block
+    crc = zlib.crc32(b"[")
+    for _ in range(count):
+        crc = zlib.crc32(spaces, crc)
+    crc = zlib.crc32(b"]", crc)
+    size = (inflated + 2) & 0xFFFFFFFF
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip, deflate, no flags, unknown OS
+    return header + head + piece * count + tail + struct.pack("<II", crc, size)

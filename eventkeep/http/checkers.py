@@ -28,6 +28,8 @@ log = logging.getLogger("eventkeep.ingest")
 
 # Below this many (uncompressed) bytes a body is checked inline: about 100 events.
 INLINE_MAX_BYTES = 32 * 1024
+# Event batches inflate about ten times; a compressed body is judged by this guess.
+_COMPRESSION_RATIO = 8
 
 
 def _start_worker() -> None:
@@ -41,6 +43,13 @@ def _start_worker() -> None:
 
 def _ready() -> bool:
     return True
+
+
+def _likely_small(request: EventRequest) -> bool:
+    size = len(request.body)
+    if request.content_encoding not in ("", "identity"):
+        size *= _COMPRESSION_RATIO
+    return size < INLINE_MAX_BYTES
 
 
 class EventCheckers:
@@ -57,7 +66,7 @@ class EventCheckers:
             self._running_pool()
 
     async def check(self, request: EventRequest) -> CheckedEvents:
-        if self.processes <= 0 or len(request.body) < INLINE_MAX_BYTES:
+        if self.processes <= 0 or _likely_small(request):
             return check_events(request)
         pool = self._running_pool()
         if pool is None:

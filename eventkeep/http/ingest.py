@@ -17,7 +17,7 @@ from eventkeep.errors import (
     internal_error,
     store_unavailable,
 )
-from eventkeep.http.body import read_body
+from eventkeep.http.body import content_encoding, read_raw_body
 from eventkeep.http.responses import Answer, Style, render_error, render_import, render_track
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest
@@ -43,12 +43,14 @@ def _now_ms() -> int:
 
 
 async def _check(request: Request, endpoint: Endpoint) -> CheckedEvents:
-    """Read the body and hand the per-event work to the checkers (inline or in workers)."""
-    body = await read_body(request)
+    """Read the body and hand the rest (inflating included) to the checkers, inline or in
+    worker processes: the event loop only moves the bytes as they were sent."""
+    body = await read_raw_body(request)
     checked = await _state(request).checkers.check(
         EventRequest(
             endpoint=endpoint,
             body=body,
+            content_encoding=content_encoding(request),
             content_type=request.headers.get("content-type", ""),
             query=dict(request.query_params),
             now_ms=_now_ms(),

@@ -1,4 +1,4 @@
-"""From a request's decompressed body to a checked, columnar batch: one pure function.
+"""From a request's body, as sent, to a checked, columnar batch: one pure function.
 
 This is all the per-event work of /import and /track. It takes and returns plain, picklable
 data so that the server can run it in worker processes (eventkeep.http.checkers): Python
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from eventkeep.errors import ApiError, too_many_events
 from eventkeep.ingest.batch import ValidBatch
-from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST
+from eventkeep.ingest.compression import inflate
+from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
 from eventkeep.ingest.payload import Encoding, parse_body
 from eventkeep.ingest.validate import (
     Endpoint,
@@ -27,12 +28,13 @@ class EventRequest:
     """What the checking needs to know of an HTTP request; no HTTP objects."""
 
     endpoint: Endpoint
-    body: bytes
+    body: bytes  # as sent: compressed if `content_encoding` says so
     content_type: str
     query: dict[str, str]
     now_ms: int
     api_host: str = "localhost"
     client_host: str | None = None
+    content_encoding: str = ""
 
 
 @dataclass(slots=True)
@@ -60,9 +62,10 @@ class CheckedEvents:
 
 
 def check_events(request: EventRequest) -> CheckedEvents:
-    """Decode, count and validate; never raises for bad input."""
+    """Inflate, decode, count and validate; never raises for bad input."""
     try:
-        payload = parse_body(request.body, request.content_type, request.query, events=True)
+        body = inflate(request.body, request.content_encoding, MAX_REQUEST_BYTES)
+        payload = parse_body(body, request.content_type, request.query, events=True)
     except ApiError as error:
         return CheckedEvents(error=(error.status, error.message))
     result = CheckedEvents(payload.encoding, payload.params, len(payload.items))

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from tests.conftest import ProjectCreds, Server, start_server
+from tests.conftest import ProjectCreds, Server, gzip_bomb, start_server
 
 NDJSON_GZIP = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
 
@@ -114,3 +114,40 @@ def test_ingest_processes_zero_checks_everything_inline(tmp_path: Path) -> None:
         assert children(server.process.pid) == set()
     finally:
         server.stop()
+
+
+def test_workers_refuse_broken_and_oversized_bodies_as_inline_checking_does(pooled: Server, tmp_path: Path) -> None:
+    """Large bodies reach the workers still compressed; inflating there must answer the same."""
+    inline = start_server(tmp_path / "inline", "--ingest-processes", "0")
+    try:
+        assert pooled.process is not None
+        pid = pooled.process.pid
+        wait_for(lambda: len(children(pid)) >= 2)
+        time.sleep(3)  # the workers are ready
+        workers = children(pid)
+        events = gzip.compress(b"\n".join(msgspec.json.encode(e) for e in batch(2000, "cut")))
+        assert len(events) // 2 * 8 > 32 * 1024  # even the cut-off body goes to a worker
+        bodies = {
+            "truncated": events[: len(events) // 2],
+            "not gzip": os.urandom(60_000),
+            "bomb": gzip_bomb(64 * 1024 * 1024),
+            "trailing garbage": events + os.urandom(8_000),
+        }
+        answers = {}
+        for server in (pooled, inline):
+            project = server.new_project()
+            for name, body in bodies.items():
+                r = httpx.post(f"{server.url}/import", content=body, headers=NDJSON_GZIP,
+                               auth=(project.secret, ""), timeout=60)
+                answers[server.url, name] = (r.status_code, r.json())
+            assert server.export(project) == []
+        for name in bodies:
+            assert answers[pooled.url, name] == answers[inline.url, name], name
+        assert answers[pooled.url, "bomb"] == (413, {
+            "code": 413, "error": "request exceeds max limit of 10485760 bytes", "status": "Request Entity Too Large",
+        })
+        assert answers[pooled.url, "truncated"][0] == 400
+        assert answers[pooled.url, "not gzip"][1]["error"] == "request body is not valid gzip"
+        assert children(pid) == workers, "no worker died of a bad body"
+    finally:
+        inline.stop()

@@ -12,7 +12,6 @@ import json
 import struct
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ProjectCreds, Server, event, start_server
+from tests.conftest import ProjectCreds, Server, event, gzip_bomb, start_server
 
 LIMIT = 10 * 1024 * 1024
 TOO_LARGE = {"code": 413, "error": "request exceeds max limit of 10485760 bytes", "status": "Request Entity Too Large"}
@@ -31,37 +30,13 @@ GZIP_HEADERS = {**JSON_HEADERS, "Content-Encoding": "gzip"}
 BOMB_INFLATED = 1024 * 1024 * 1024  # 1 GiB
 
 
-def gzip_bomb(inflated: int = BOMB_INFLATED) -> bytes:
-    """A gzip stream of `[`, `inflated` spaces and `]`, built without ever holding it inflated.
-
-    One 1 MiB block of spaces is deflated once and repeated: after a full flush deflate keeps
-    no history, so identical input gives identical, independently decodable bytes. Deflate
-    cannot do better than about 1:1032, so a gigabyte needs about 1 MB of gzip.
-    """
-    block = 1024 * 1024
-    assert inflated % block == 0
-    spaces = b" " * block
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    head = deflate.compress(b"[") + deflate.flush(zlib.Z_FULL_FLUSH)
-    piece = deflate.compress(spaces) + deflate.flush(zlib.Z_FULL_FLUSH)
-    tail = deflate.compress(b"]") + deflate.flush()
-    count = inflated // block
-    crc = zlib.crc32(b"[")
-    for _ in range(count):
-        crc = zlib.crc32(spaces, crc)
-    crc = zlib.crc32(b"]", crc)
-    size = (inflated + 2) & 0xFFFFFFFF
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip, deflate, no flags, unknown OS
-    return header + head + piece * count + tail + struct.pack("<II", crc, size)
-
-
 @pytest.fixture(scope="module")
 def bomb() -> bytes:
     # The builder is exact: a small one inflates (CRC and length checked by gzip) to the text
     # it promises. The big one differs only in how often the same block is repeated.
     small = gzip_bomb(8 * 1024 * 1024)
     assert gzip.decompress(small) == b"[" + b" " * (8 * 1024 * 1024) + b"]"
-    data = gzip_bomb()
+    data = gzip_bomb(BOMB_INFLATED)
     assert len(data) < 1_200_000  # about a megabyte on the wire for a gigabyte inflated
     assert data[:1024] == small[:1024] and data[-64:-8] == small[-64:-8]
     assert struct.unpack("<I", data[-4:])[0] == BOMB_INFLATED + 2
