@@ -36,7 +36,7 @@ from eventkeep.client.shape import ShapeOptions, Shaper, chunks_from_events, enc
 from eventkeep.client.sources import ByteCounter, Chunk, InputError, Source, read_source
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
 from eventkeep.ingest.payload import CheckedEvent
-from eventkeep.ingest.validate import IngestContext, validate_events
+from eventkeep.ingest.validate import IngestContext, compact_size_bound, validate_events
 
 EXIT_OK = 0
 EXIT_REJECTED = 1  # everything was delivered, but some events were refused (see the rejects)
@@ -445,9 +445,11 @@ class Importer:
                 return False
             shaped = self.shaper.shape(chunk)
             items = shaped.items
+            texts = [line for line in shaped.lines if line is not None]
             checked = validate_events(
                 items, IngestContext("import", int(time.time() * 1000)), shaped.parse_errors or None,
                 decisions_only=True,
+                size_bound=compact_size_bound(texts) if len(texts) == len(items) else None,
             )
             accepted = bytearray(len(items))
             for row in checked.indexes:

@@ -217,6 +217,21 @@ def test_dry_run_validates_and_sends_nothing(server: Server, project: ProjectCre
     assert server.export(project) == []
 
 
+def test_an_event_over_1mb_within_every_per_value_limit_is_refused_locally(tmp_path: Path) -> None:
+    # 20 lists of 254 strings of 255 characters: each value within Mixpanel's limits, the
+    # event about 1.3 MB. The tool must measure it, not assume a clean batch is small.
+    wide = {f"p{k}": ["x" * 255] * 254 for k in range(20)}
+    big = json.dumps({"event": "E", "properties": {"time": NOW_S - 60, "distinct_id": "u", "$insert_id": "big", **wide}})
+    assert len(big) > 1024 * 1024
+    path = write_ndjson(tmp_path / "big.ndjson", [*valid_lines(3, prefix="b"), big.encode()])
+    rejects = tmp_path / "big-rejects.ndjson"
+    result = run_cli("import", str(path), "--dry-run", "--json", "--rejects", str(rejects))
+    assert result.returncode == 1, result.stderr
+    assert (summary_of(result)["read"], summary_of(result)["rejected"]) == (4, 1)
+    entry = json.loads(rejects.read_text())
+    assert (entry["index"], entry["message"]) == (3, validate.EVENT_TOO_LARGE)
+
+
 def test_wrong_credentials_stop_at_once_with_the_servers_message(
     server: Server, tmp_path: Path, cache_env: dict[str, str]
 ) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.limits import DISALLOWED_IDS
 from eventkeep.ingest.payload import OutOfRange
-from eventkeep.ingest.validate import IngestContext, validate_events
+from eventkeep.ingest.validate import IngestContext, compact_size_bound, validate_events
 
 NOW_MS = 1_800_000_000_000  # a fixed "now": 2027-01-15
 NOW_S = NOW_MS // 1000
@@ -369,3 +372,42 @@ def test_parse_errors_become_record_errors() -> None:
     batch = validate_events([ev(), None, ev()], IMPORT, {1: "line 2 is not valid JSON"})
     assert batch.indexes == [0, 2]
     assert batch.errors[0].index == 1 and batch.errors[0].message == "line 2 is not valid JSON"
+
+
+# --- the size bound the import tool passes ----------------------------------------------
+
+_terse_numbers = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1).map(str),
+    st.builds(
+        lambda sign, digit, mark, exponent: f"{sign}{digit}{mark}{exponent}",
+        st.sampled_from(["", "-"]), st.integers(1, 9), st.sampled_from(["e", "E", "e+", "E-", "e-"]),
+        st.integers(0, 300),
+    ),
+    st.builds(lambda whole, frac: f"{whole}.{frac}", st.integers(0, 99), st.integers(0, 99)),
+)
+_terse_strings = st.builds(json.dumps, st.text(max_size=20), ensure_ascii=st.booleans())
+_terse_scalars = st.one_of(_terse_numbers, _terse_strings, st.sampled_from(["true", "false", "null"]))
+_terse_values = st.recursive(
+    _terse_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(_terse_strings, inner), max_size=5).map(
+            lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_terse_values)
+def test_compact_size_bound_holds_for_the_tersest_json(value: str) -> None:
+    """Re-encoding decoded JSON may lengthen it (1e5 is 100000.0), never past the bound."""
+    text = value.encode()
+    try:
+        decoded = msgspec.json.decode(text)
+    except msgspec.DecodeError:  # a number out of range: such events never take the fast path
+        return
+    assert len(msgspec.json.encode(decoded)) <= compact_size_bound([text])
+    event = b'{"event":"E","properties":{"v":' + text + b"}}"
+    assert len(msgspec.json.encode(msgspec.json.decode(event))) <= compact_size_bound([b"{}", event])
