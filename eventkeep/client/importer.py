@@ -29,7 +29,7 @@ from eventkeep.client.checkpoint import (
     default_path,
 )
 from eventkeep.client.connection import Connection
-from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration
+from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration, retries_line
 from eventkeep.client.rejects import RejectsWriter, reason_key
 from eventkeep.client.sender import Batch, DryRunSender, Outcome, RetryPolicy, Sender
 from eventkeep.client.shape import ShapeOptions, Shaper, chunks_from_events, encode_event
@@ -190,8 +190,7 @@ class ImportSummary:
         if t.ignored:
             lines.append(f"  ignored ($ignore set, dropped as the server would): {t.ignored:,}")
         if not self.dry_run:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.retry_reasons.items()))
-            lines.append(f"  retried: {self.retries:,} requests" + (f" ({reasons})" if reasons else "") + f"; {self.requests:,} requests in all")
+            lines.append(retries_line(self.retries, self.retry_reasons, self.requests))
         if t.failed or self.failed_batches:
             lines.append(f"  NOT delivered: {t.failed:,} events in {self.failed_batches:,} batches")
         if self.stopped_early:

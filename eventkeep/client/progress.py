@@ -35,6 +35,12 @@ def human_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def retries_line(retries: int, reasons: dict[str, int], requests: int) -> str:
+    """The summaries' line on retries: how many, why, out of how many requests."""
+    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+    return f"  retried: {retries:,} requests" + (f" ({why})" if why else "") + f"; {requests:,} requests in all"
+
+
 class Progress:
     """Calls `sample()` every `interval` seconds (a fraction of one on a terminal) and prints."""
 

@@ -42,7 +42,7 @@ import orjson
 from eventkeep import __version__
 from eventkeep.client.checkpoint import atomic_write, default_path, job_digest
 from eventkeep.client.connection import Connection
-from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration
+from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration, retries_line
 from eventkeep.client.sender import RetryPolicy, parse_retry_after
 
 OutputFormat = Literal["auto", "ndjson", "csv", "parquet"]
@@ -295,8 +295,7 @@ class PullSummary:
             f" ({self.resumed_chunks} already fetched), {self.events:,} events"
             + (f" written to {self.output}" if ok and self.output else "")
         ]
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.retry_reasons.items()))
-        lines.append(f"  retried: {self.retries} requests" + (f" ({reasons})" if reasons else "") + f"; {self.requests} requests in all")
+        lines.append(retries_line(self.retries, self.retry_reasons, self.requests))
         if self.split_days:
             lines.append(f"  fetched hour by hour: {', '.join(self.split_days[:10])}")
         for error in self.errors[:5]:
