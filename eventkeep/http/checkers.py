@@ -22,6 +22,7 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from eventkeep.ingest.compression import is_compressed
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
 
 log = logging.getLogger("eventkeep.ingest")
@@ -48,7 +49,7 @@ def _ready() -> bool:
 
 def _likely_small(request: EventRequest) -> bool:
     size = len(request.body)
-    if request.content_encoding not in ("", "identity"):
+    if is_compressed(request.content_encoding):
         size *= _COMPRESSION_RATIO
     return size < INLINE_MAX_BYTES
 

@@ -26,9 +26,14 @@ _NOT_GZIP = "request body is not valid gzip"
 _TRUNCATED = "request body is not valid gzip: the compressed stream is truncated"
 
 
+def is_compressed(encoding: str) -> bool:
+    """Whether a (lower-cased) Content-Encoding says the body needs inflating."""
+    return encoding not in ("", "identity")
+
+
 def check_encoding(encoding: str) -> None:
     """Refuse a Content-Encoding that cannot be inflated (415), before reading the body."""
-    if encoding not in ("", "identity") and encoding not in SUPPORTED_ENCODINGS:
+    if is_compressed(encoding) and encoding not in SUPPORTED_ENCODINGS:
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}; use gzip")
 
 
@@ -36,7 +41,7 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     """The body as sent, decompressed per its Content-Encoding; an ApiError if over `limit`
     uncompressed (413) or corrupt (400)."""
     check_encoding(encoding)
-    if encoding in ("", "identity"):
+    if not is_compressed(encoding):
         if len(body) > limit:
             raise request_too_large(limit)
         return body
