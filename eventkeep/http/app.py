@@ -118,7 +118,7 @@ def _both(path: str, endpoint: object, methods: list[str]) -> list[Route]:
 def create_app(state: AppState) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.checkers.start()
+        await state.checkers.start()
         yield
         state.checkers.close()
         state.store.close()

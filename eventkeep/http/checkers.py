@@ -6,9 +6,17 @@ loop uses one core however many it has. Large bodies go to worker processes inst
 and the batch comes back in columns ready for the store. Small bodies, the usual SDK
 request, are checked inline, where a process hop would cost more than the work.
 
-The pool starts with the server (`start`); until its workers are ready (about a second),
-requests are checked inline rather than made to wait. A worker that dies (killed, out of
-memory) costs nothing: the request is checked inline and the pool is started afresh.
+The pool starts with the server, which waits for its workers (about a second) before it
+listens (`start`). Until a restarted pool is ready, requests are checked inline rather than
+made to wait. A worker that dies (killed, out of memory) costs nothing: the request is
+checked inline and the pool is started afresh.
+
+The workers run at a lower scheduling priority than the server process. Under full load
+the store's writer, which applies what the workers checked, then always gets the CPU it
+needs: acknowledgements slow to the pace at which the store can apply them, instead of
+racing ahead until the unapplied backlog is full and every request waits out a
+checkpoint (bench/RESULTS.md, session 4: 3M events at full load, the slowest request took
+2.1 s at equal priority and 0.36 s this way, and throughput rose by a tenth).
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from eventkeep.ingest.compression import is_compressed
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
@@ -32,11 +42,21 @@ INLINE_MAX_BYTES = 32 * 1024
 # Event batches inflate six to twenty times under gzip: a compressed body counts as eight
 # times its size (a bomb that goes inline still stops at the 10 MB limit).
 _COMPRESSION_RATIO = 8
+# How much lower than the server's the workers' priority is (see above).
+WORKER_NICENESS = 5
+_READY_TIMEOUT = 60.0
 
 
-def _start_worker() -> None:
+# In a worker process: the pool's barrier, passed at spawn (it cannot travel with a task).
+_pool_started: Any = None
+
+
+def _start_worker(pool_started: Any) -> None:
+    global _pool_started
+    _pool_started = pool_started
     # The server handles Ctrl-C and shuts the pool down; workers should not also react.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(WORKER_NICENESS)
     # The same collector tuning as the server: request data is acyclic.
     gc.collect()
     gc.freeze()
@@ -44,6 +64,9 @@ def _start_worker() -> None:
 
 
 def _ready() -> bool:
+    """Answers once every worker of the pool runs one of these: a worker waiting here takes
+    no other task, so one fast worker cannot answer for a slow one."""
+    _pool_started.wait(timeout=_READY_TIMEOUT)
     return True
 
 
@@ -62,10 +85,23 @@ class EventCheckers:
         self._lock = threading.Lock()
         self._closed = False
 
-    def start(self) -> None:
-        """Start the workers now, in the background, so the first large bodies find them."""
-        if self.processes > 0:
-            self._running_pool()
+    async def start(self, timeout: float = _READY_TIMEOUT) -> None:
+        """Start the workers and wait until they answer, so that the first large bodies
+        find them rather than being checked inline, one at a time, on the event loop."""
+        if self.processes <= 0:
+            return
+        self._running_pool()
+        with self._lock:
+            warming = list(self._warming)
+        if warming:
+            done, _ = await asyncio.wait([asyncio.wrap_future(f) for f in warming], timeout=timeout)
+            if len(done) < len(warming):
+                log.warning("ingest workers not ready after %.0fs; checking inline until they are", timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Whether large bodies go to the workers now, rather than being checked inline."""
+        return self.processes > 0 and self._running_pool() is not None
 
     async def check(self, request: EventRequest) -> CheckedEvents:
         if self.processes <= 0 or _likely_small(request):
@@ -88,7 +124,10 @@ class EventCheckers:
                 # Spawned, not forked: the server has threads and open database handles.
                 context = multiprocessing.get_context("spawn")
                 self._pool = ProcessPoolExecutor(
-                    self.processes, mp_context=context, initializer=_start_worker
+                    self.processes,
+                    mp_context=context,
+                    initializer=_start_worker,
+                    initargs=(context.Barrier(self.processes),),
                 )
                 self._warming = [self._pool.submit(_ready) for _ in range(self.processes)]
             if self._warming:

@@ -6,6 +6,7 @@ kill one, and check that the next request is still answered and stored.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import signal
@@ -18,6 +19,7 @@ import httpx
 import msgspec
 import pytest
 
+from eventkeep.http.checkers import WORKER_NICENESS, EventCheckers
 from tests.conftest import ProjectCreds, Server, gzip_bomb, start_server
 
 NDJSON_GZIP = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
@@ -28,6 +30,11 @@ def children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found.update(int(child) for child in (task / "children").read_text().split())
     return found
+
+
+def ingest_workers(pid: int) -> set[int]:
+    """The pool's processes (not multiprocessing's resource tracker, also a child)."""
+    return {child for child in children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
 
 
 def cpu_ticks(pid: int) -> int:
@@ -67,11 +74,14 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
 def test_workers_start_with_the_server_and_check_large_bodies(pooled: Server) -> None:
     assert pooled.process is not None
     pid = pooled.process.pid
-    wait_for(lambda: len(children(pid)) >= 2)
+    workers = ingest_workers(pid)
+    assert len(workers) == 2, "the server listens once its workers are up"
+    for worker in workers:
+        # A lower priority, so that the store's writer is never starved (see checkers.py).
+        assert os.getpriority(os.PRIO_PROCESS, worker) == os.getpriority(os.PRIO_PROCESS, pid) + WORKER_NICENESS
     project = pooled.new_project()
     assert post(pooled, project, batch(3, "small")).json()["num_records_imported"] == 3
 
-    time.sleep(3)  # the workers are ready (until then, bodies are checked inline)
     large = batch(2000, "large")
     large[7]["properties"]["time"] = "yesterday"  # one refusal, reported from a worker
     before = sum(cpu_ticks(child) for child in children(pid))
@@ -85,6 +95,16 @@ def test_workers_start_with_the_server_and_check_large_bodies(pooled: Server) ->
     stored = pooled.export(project)
     assert len(stored) == 3 + 1999 + 6000
     assert {e["properties"]["$insert_id"] for e in stored} >= {"large-0", "large-1999", "small-2", "more2-1999"}
+
+
+def test_starting_waits_until_the_workers_answer() -> None:
+    checkers = EventCheckers(2)
+    try:
+        asyncio.run(checkers.start())
+        assert checkers.ready, "large bodies would still be checked inline, on the event loop"
+    finally:
+        checkers.close()
+    assert not checkers.ready
 
 
 def test_a_killed_worker_costs_no_request(pooled: Server) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from eventkeep.ingest.batch import ValidBatch
@@ -72,6 +73,25 @@ def test_events_persist_across_reopen(tmp_path: Path) -> None:
         assert stored["b"]["big"] == 2**80
     finally:
         second.close()
+
+
+def test_strings_are_stored_in_zstd_and_a_checkpoint_leaves_the_threads_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "events.duckdb"
+    store = DuckDBStore(path)
+    try:
+        threads = store._con.execute("SELECT current_setting('threads')").fetchone()
+        store.append_sync(1, batch(*(ev(f"id-{i}", page=f"/p/{i}" * 8) for i in range(3000))))
+        store._caught_up()
+        store._checkpoint()  # runs on one thread, so as not to starve the ingest workers
+        assert store._con.execute("SELECT current_setting('threads')").fetchone() == threads
+    finally:
+        store.close()
+    with duckdb.connect(str(path), read_only=True) as con:
+        methods = dict(con.execute(
+            "SELECT column_name, list(DISTINCT compression) FROM pragma_storage_info('events') "
+            "WHERE segment_type = 'VARCHAR' GROUP BY ALL"
+        ).fetchall())
+    assert methods["properties"] == ["ZSTD"], methods
 
 
 def test_export_orders_by_time_and_filters_by_range_and_name(store: DuckDBStore) -> None:
