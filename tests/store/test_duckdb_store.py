@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import duckdb
 import pytest
 
 from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.profiles import validate_updates
 from eventkeep.ingest.validate import IngestContext, validate_events
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.duckdb import DuckDBStore
@@ -92,6 +96,38 @@ def test_strings_are_stored_in_zstd_and_a_checkpoint_leaves_the_threads_as_they_
             "WHERE segment_type = 'VARCHAR' GROUP BY ALL"
         ).fetchall())
     assert methods["properties"] == ["ZSTD"], methods
+
+
+def test_writes_go_on_while_exports_keep_duckdb_from_checkpointing(
+    store: DuckDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB at times refuses to checkpoint while exports run ("other write transactions
+    active"); that must fail neither the writer's commits nor the profile updates that share
+    its group: the checkpoint waits for a later commit."""
+    store.append_sync(1, batch(*(ev(f"old-{i}", t=1_700_000_000 + i) for i in range(50_000))))
+    monkeypatch.setattr("eventkeep.store.duckdb.WAL_CHECKPOINT_FORCE_BYTES", 0)  # after every commit
+    done = threading.Event()
+    exported: list[int] = []
+
+    def export_repeatedly() -> None:
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            exported.append(sum(chunk.count(b"\n") for chunk in store.export_lines(ScanQuery(1))))
+
+    reader = threading.Thread(target=export_repeatedly)
+    reader.start()
+    try:
+        for round_ in range(20):
+            store.append_sync(1, batch(*(ev(f"r{round_}-{i}", t=1_700_000_000 + i) for i in range(5_000))))
+            update = validate_updates([{"$distinct_id": "u", "$add": {"n": 1}}], "engage", NOW_MS)
+            assert asyncio.run(store.update_profiles(1, update.updates)) == []
+    finally:
+        done.set()
+        reader.join()
+    profile = store.get_profile(1, "user", "u")
+    assert profile is not None and profile["n"] == 20
+    assert store.count(ScanQuery(1)) == 150_000
+    assert len(exported) >= 2 and all(count >= 50_000 for count in exported)
 
 
 def test_export_orders_by_time_and_filters_by_range_and_name(store: DuckDBStore) -> None:
