@@ -79,15 +79,27 @@ def test_events_persist_across_reopen(tmp_path: Path) -> None:
         second.close()
 
 
-def test_strings_are_stored_in_zstd_and_a_checkpoint_leaves_the_threads_as_they_were(tmp_path: Path) -> None:
+def test_strings_are_stored_in_zstd_and_a_checkpoint_leaves_the_threads_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "events.duckdb"
     store = DuckDBStore(path)
     try:
-        threads = store._con.execute("SELECT current_setting('threads')").fetchone()
+        threads = store._con.cursor().execute("SELECT current_setting('threads')").fetchone()
+        after_checkpoints: list[Any] = []
+        checkpoint = store._checkpoint  # runs on one thread, so as not to starve the workers
+
+        def checkpoint_then_look() -> None:  # on the writer thread, which owns the connection
+            checkpoint()
+            after_checkpoints.append(store._con.execute("SELECT current_setting('threads')").fetchone())
+
+        monkeypatch.setattr(store, "_checkpoint", checkpoint_then_look)
+        monkeypatch.setattr("eventkeep.store.duckdb.WAL_CHECKPOINT_FORCE_BYTES", 0)  # after every commit
         store.append_sync(1, batch(*(ev(f"id-{i}", page=f"/p/{i}" * 8) for i in range(3000))))
-        store._caught_up()
-        store._checkpoint()  # runs on one thread, so as not to starve the ingest workers
-        assert store._con.execute("SELECT current_setting('threads')").fetchone() == threads
+        deadline = time.monotonic() + 20
+        while not after_checkpoints and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert after_checkpoints and all(seen == threads for seen in after_checkpoints)
     finally:
         store.close()
     with duckdb.connect(str(path), read_only=True) as con:
