@@ -11,6 +11,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Literal
 
 import msgspec
@@ -221,9 +222,6 @@ def _accept_checked_batch(
 
 
 _MISSING: Any = object()
-# Keys the server adds to every stored event; an event that already has one goes the long way.
-_ADDED_KEYS = (b'"$import":', b'"$mp_api_endpoint":', b'"$mp_api_timestamp_ms":',
-               b'"mp_processing_time_ms":', b'"$mp_event_size":')
 
 
 def _store_checked_batch(
@@ -241,8 +239,9 @@ def _store_checked_batch(
     follows from the length of its encoded properties and of the pairs taken out (`time`,
     `distinct_id`, `token`) or put in (a generated `$insert_id`): in a JSON object every
     pair adds its own length plus one byte (a comma or the closing brace). The ingestion
-    properties are appended to the encoded bytes rather than to each dict. An event over
-    the size limit (rare: over 1 MB) puts everything back as it was and returns None.
+    properties are appended to the encoded bytes rather than to each dict, unless an event
+    has one of them already (the server's value replaces its own). An event over the size
+    limit (rare: over 1 MB) puts everything back as it was and returns None.
     """
     tokens = [props.pop("token", _MISSING) for props in all_props]
     for props in all_props:
@@ -285,8 +284,7 @@ def _store_checked_batch(
                 del all_props[row]["$insert_id"]
         return None
 
-    blob = b"\n".join(encoded)
-    if any(key in blob for key in _ADDED_KEYS):
+    if any(any(map(dict.__contains__, all_props, repeat(key))) for key in (*added, "$mp_event_size")):
         for props, size in zip(all_props, sizes, strict=True):
             props.update(added)
             props["$mp_event_size"] = size

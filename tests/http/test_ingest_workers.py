@@ -10,6 +10,8 @@ import asyncio
 import gzip
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,9 @@ import httpx
 import msgspec
 import pytest
 
-from eventkeep.http.checkers import WORKER_NICENESS, EventCheckers
+from eventkeep.http import checkers as checkers_module
+from eventkeep.http.checkers import SHARED_MIN_ROWS, WORKER_NICENESS, EventCheckers
+from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
 from tests.conftest import ProjectCreds, Server, gzip_bomb, start_server
 
 NDJSON_GZIP = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
@@ -171,3 +175,170 @@ def test_workers_refuse_broken_and_oversized_bodies_as_inline_checking_does(pool
         assert children(pid) == workers, "no worker died of a bad body"
     finally:
         inline.stop()
+
+
+# -- how checked rows come back from the workers ---------------------------------------------
+
+
+def request_of(count: int, marker: str, *, compressed: bool = True) -> EventRequest:
+    body = b"\n".join(msgspec.json.encode(e) for e in batch(count, marker))
+    return EventRequest("import", gzip.compress(body) if compressed else body, "application/x-ndjson", {},
+                        int(time.time() * 1000), content_encoding="gzip" if compressed else "")
+
+
+def same_as_inline(checked: CheckedEvents, request: EventRequest) -> None:
+    inline = check_events(request)
+    assert checked.error is None and inline.error is None
+    assert len(checked.batch) == len(inline.batch) > 0
+    # Generated $insert_ids aside (every event here has its own), the rows are the same.
+    assert checked.batch.rows.drop_columns(["properties"]).equals(inline.batch.rows.drop_columns(["properties"]))
+    assert [p.split(b'"$mp_api_timestamp_ms"')[0] for p in checked.batch.properties] == [
+        p.split(b'"$mp_api_timestamp_ms"')[0] for p in inline.batch.properties
+    ]
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kind of each answer the server side receives from a worker."""
+    seen: list[str] = []
+    received = checkers_module._received
+
+    def spy(answer: Any) -> CheckedEvents:
+        seen.append(type(answer).__name__)
+        return received(answer)
+
+    monkeypatch.setattr(checkers_module, "_received", spy)
+    return seen
+
+
+def run_checks(checkers: EventCheckers, requests: list[EventRequest]) -> list[CheckedEvents]:
+    async def go() -> list[CheckedEvents]:
+        await checkers.start()
+        return [await checkers.check(request) for request in requests]
+
+    return asyncio.run(go())
+
+
+def test_large_batches_come_back_through_shared_memory_and_leave_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str]
+) -> None:
+    monkeypatch.setattr(checkers_module, "SHARED_MEMORY", tmp_path)
+    checkers = EventCheckers(1)
+    large, small = request_of(2000, "large"), request_of(SHARED_MIN_ROWS - 6, "small", compressed=False)
+    assert len(small.body) > checkers_module.INLINE_MAX_BYTES, "the small batch still goes to the worker"
+    try:
+        results = run_checks(checkers, [large, small])
+        shared_dir = checkers._shared_dir
+        assert shared_dir is not None and shared_dir.parent == tmp_path
+        assert answers == ["_SharedRows", "CheckedEvents"]
+        for checked, request in zip(results, [large, small], strict=True):
+            same_as_inline(checked, request)
+        assert list(shared_dir.iterdir()) == [], "each file is deleted once read"
+    finally:
+        checkers.close()
+    assert not shared_dir.exists()
+
+
+def test_an_abandoned_request_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that goes away mid-request cancels the wait, not the worker's answer."""
+    monkeypatch.setattr(checkers_module, "SHARED_MEMORY", tmp_path)
+    checkers = EventCheckers(1)
+
+    async def go() -> CheckedEvents:
+        await checkers.start()
+        abandoned = asyncio.create_task(checkers.check(request_of(2000, "gone")))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        # One worker takes tasks in order: once this one is answered, so was the first.
+        return await checkers.check(request_of(2000, "next"))
+
+    try:
+        assert len(asyncio.run(go()).batch) == 2000
+        assert checkers._shared_dir is not None
+        assert list(checkers._shared_dir.iterdir()) == []
+    finally:
+        checkers.close()
+
+
+def test_without_shared_memory_the_rows_take_the_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str]
+) -> None:
+    monkeypatch.setattr(checkers_module, "SHARED_MEMORY", tmp_path / "missing")
+    checkers = EventCheckers(1)
+    try:
+        request = request_of(2000, "piped")
+        [checked] = run_checks(checkers, [request])
+        assert answers == ["CheckedEvents"]
+        same_as_inline(checked, request)
+    finally:
+        checkers.close()
+
+
+def test_when_the_file_cannot_be_written_the_rows_take_the_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str]
+) -> None:
+    """As when /dev/shm is full: the worker's write fails and nothing is lost."""
+    monkeypatch.setattr(checkers_module, "SHARED_MEMORY", tmp_path)
+    checkers = EventCheckers(1)
+    try:
+        run_checks(checkers, [request_of(10, "warm")])
+        assert checkers._shared_dir is not None
+        checkers._shared_dir.rmdir()
+        request = request_of(2000, "unwritable")
+        [checked] = run_checks(checkers, [request])
+        assert answers[-1] == "CheckedEvents"
+        same_as_inline(checked, request)
+    finally:
+        checkers.close()
+
+
+def test_directories_left_by_servers_no_longer_running_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkers_module, "SHARED_MEMORY", tmp_path)
+    dead = tmp_path / "eventkeep-999999999-abc"  # above Linux's largest pid
+    alive = tmp_path / f"eventkeep-{os.getppid()}-def"
+    other = tmp_path / "someone-else"
+    for directory in (dead, alive, other):
+        directory.mkdir()
+        (directory / "rows.arrow").write_bytes(b"x")
+    checkers = EventCheckers(1)
+    try:
+        run_checks(checkers, [])
+        assert not dead.exists()
+        assert (alive / "rows.arrow").exists() and (other / "rows.arrow").exists()
+    finally:
+        checkers.close()
+
+
+FREED_MEMORY = """
+import ctypes, sys
+from eventkeep.http.checkers import _keep_freed_memory
+if sys.argv[1] == "kept":
+    _keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+for megabytes in (1, 2, 4, 8, 16):  # requests' buffers, allocated, used and freed
+    block = libc.malloc(megabytes << 20)
+    ctypes.memset(block, 1, megabytes << 20)
+    held = resident()
+    libc.free(block)
+    print((held - resident()) >> 20)
+"""
+
+
+def test_workers_keep_the_memory_a_request_frees() -> None:
+    """A worker frees megabytes after every request; glibc would hand them back to the
+    system (here: every block larger than any freed before), and the next request would
+    fault every page in again."""
+
+    def returned(mode: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", FREED_MEMORY, mode], capture_output=True, text=True, check=True)
+        return [int(line) for line in out.stdout.split()]
+
+    assert returned("default") == [1, 2, 4, 8, 16]
+    assert returned("kept") == [0, 0, 0, 0, 0]

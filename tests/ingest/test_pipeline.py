@@ -38,14 +38,16 @@ times = st.sampled_from(
      NOW_S + 86400, 0, -5, 31_535_999, 10_000_000_000, 10_000_000_001, "123", True, None, MISSING]
 )
 distinct_ids = st.sampled_from(
-    ["u1", "user-2", "", " anon ", "null", "NULL", "\u00a0none\u00a0", "x" * 300, 42, 4.5, True, None, [1], MISSING]
+    ["u1", "user-2", "", " anon ", "null", "NULL", "\u00a0none\u00a0", 'say "hi"', "tab\there", "x" * 300, 42, 4.5,
+     True, None, [1], MISSING]
 )
 insert_ids = st.sampled_from(
     ["abc-123", "A-1", "bad id!", "x" * 36, "x" * 37, "null", "Undefined", "", 5, None, MISSING]
 )
 tokens = st.sampled_from(["tok", "", 7, None, MISSING])
 extras = st.dictionaries(
-    st.sampled_from(["plan", "price", "tags", "cart", "long", "deep", "$ignore", "k" * 256, "$import", "n"]),
+    st.sampled_from(["plan", "price", "tags", "cart", "long", "deep", "$ignore", "k" * 256, "$import", "n",
+                     "$mp_event_size", "$mp_api_endpoint"]),
     st.sampled_from(
         ["pro", 1.25, -3, 2**70, True, None, "z" * 300, ["a", "b"], [["a"]], {"a": {"b": 1}},
          {"a": {"b": {"c": 1}}}, [[[[1]]]], list(range(300)), False, ""]
@@ -217,6 +219,15 @@ def test_sizes_follow_from_the_encoded_properties_and_an_oversized_event_undoes_
     same(fast, slow)
     sizes = [json.loads(p)["$mp_event_size"] for p in fast.properties]
     assert sizes == [len(msgspec.json.encode(item)) for item in items]
+
+    # distinct_ids that JSON escapes, or that are not ASCII, are longer encoded than plain
+    odd = realistic(6)
+    for item, distinct_id in zip(odd, ['say "hi"', "back\\slash", "tab\there", "\u00fcn\u00ef", "\u2028", "plain"], strict=True):
+        item["properties"]["distinct_id"] = distinct_id
+    fast, slow, checked = both_ways(ndjson(odd), ctx)
+    assert checked and len(fast) == 6
+    same(fast, slow)
+    assert [json.loads(p)["$mp_event_size"] for p in fast.properties] == [len(msgspec.json.encode(i)) for i in odd]
 
     big = {"event": "Big", "properties": {"time": NOW_S - 5, "distinct_id": "u", "$insert_id": "big-1",
                                           "rows": [["x" * 20] * 254] * 254}}
