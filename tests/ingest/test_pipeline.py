@@ -237,3 +237,22 @@ def test_sizes_follow_from_the_encoded_properties_and_an_oversized_event_undoes_
     same(fast, slow)
     assert [(e.index, e.message) for e in fast.errors] == [(30, "event is invalid: must be smaller than 1MB of uncompressed JSON")]
     assert len(fast) == 30
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS, ids=["import", "track"])
+def test_keys_the_server_adds_replace_an_events_own(ctx: IngestContext) -> None:
+    """Each key appears once in a stored object, with the server's value."""
+    items = realistic(20)
+    items[3]["properties"]["$mp_api_endpoint"] = "spoofed.example"
+    items[9]["properties"]["$mp_event_size"] = 1
+    items[12]["properties"]["cart"] = {"$mp_event_size": 2}  # nested: the event's own
+    fast, slow, checked = both_ways(ndjson(items), ctx)
+    assert checked
+    same(fast, slow)
+    for stored, item in zip(fast.properties, items, strict=True):
+        assert stored.count(b'"$mp_api_endpoint"') == 1 and stored.count(b'"$mp_event_size"') == (
+            2 if item is items[12] else 1
+        )
+        props = json.loads(stored)
+        assert props["$mp_api_endpoint"] == "api.test"
+        assert props["$mp_event_size"] == len(msgspec.json.encode(item))
