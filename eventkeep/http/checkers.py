@@ -39,6 +39,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -60,6 +61,8 @@ _COMPRESSION_RATIO = 8
 # How much lower than the server's the workers' priority is (see above).
 WORKER_NICENESS = 5
 _READY_TIMEOUT = 60.0
+# How often a worker checks that its server still runs (see _exit_with).
+WATCH_INTERVAL = 1.0
 # Batches of fewer rows come back through the pipe: a file would cost more than it saves.
 SHARED_MIN_ROWS = 256
 SHARED_MEMORY = Path("/dev/shm")
@@ -85,6 +88,16 @@ def _start_worker(pool_started: Any, shared_dir: Path | None = None) -> None:
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     _keep_freed_memory()
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="eventkeep-server-watch", daemon=True).start()
+
+
+def _exit_with(server: int) -> None:
+    """End this worker once its server is gone. A server killed outright (`kill -9`, the
+    OOM killer) cannot shut its pool down, and the workers would otherwise wait for tasks
+    forever, each holding its memory (and the pool's semaphores in /dev/shm)."""
+    while os.getppid() == server:
+        time.sleep(WATCH_INTERVAL)
+    os._exit(0)
 
 
 def _keep_freed_memory() -> None:

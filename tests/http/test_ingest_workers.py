@@ -128,6 +128,23 @@ def test_a_killed_worker_costs_no_request(pooled: Server) -> None:
     assert "ingest worker process died" in pooled.log()
 
 
+def test_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
+    """kill -9 gives the server no chance to stop its pool: the workers notice by themselves."""
+    server = start_server(tmp_path, "--ingest-processes", "2")
+    assert server.process is not None
+    workers = ingest_workers(server.process.pid)
+    assert len(workers) == 2
+    server.kill()
+
+    def running(pid: int) -> bool:
+        try:
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone
+            return False
+
+    wait_for(lambda: not any(running(pid) for pid in workers), timeout=10)
+
+
 def test_ingest_processes_zero_checks_everything_inline(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--ingest-processes", "0")
     try:
