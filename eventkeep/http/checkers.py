@@ -48,6 +48,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from eventkeep.ingest.batch import read_rows, write_rows
 from eventkeep.ingest.compression import is_compressed
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
 
@@ -76,7 +77,7 @@ _shared_dir: Path | None = None
 _shared_names = itertools.count()
 
 
-def _start_worker(pool_started: Any, shared_dir: Path | None = None) -> None:
+def _start_worker(pool_started: Any, shared_dir: Path | None) -> None:
     global _pool_started, _shared_dir
     _pool_started = pool_started
     _shared_dir = shared_dir
@@ -134,15 +135,15 @@ def _check_in_worker(request: EventRequest) -> CheckedEvents | _SharedRows:
     path = str(_shared_dir / f"{os.getpid()}-{next(_shared_names)}.arrow")
     rows = checked.batch.rows
     try:
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, rows.schema) as writer:
-            writer.write_table(rows)
+        with pa.OSFile(path, "wb") as sink:
+            write_rows(rows, sink)
     except OSError:  # full (containers often give /dev/shm 64 MB), or gone: use the pipe
         _remove(path)
         return checked
     return _SharedRows(replace(checked, batch=replace(checked.batch, rows=rows.schema.empty_table())), path)
 
 
-def _received(answer: CheckedEvents | _SharedRows) -> CheckedEvents:
+def _read_back(answer: CheckedEvents | _SharedRows) -> CheckedEvents:
     """The worker's answer with its rows read back, and their file deleted."""
     if not isinstance(answer, _SharedRows):
         return answer
@@ -151,15 +152,14 @@ def _received(answer: CheckedEvents | _SharedRows) -> CheckedEvents:
             data = file.read()
     finally:
         _remove(answer.path)
-    rows = pa.ipc.open_stream(data).read_all()
-    return replace(answer.checked, batch=replace(answer.checked.batch, rows=rows))
+    return replace(answer.checked, batch=replace(answer.checked.batch, rows=read_rows(data)))
 
 
-def _receive(into: Future[CheckedEvents], checked: Future[Any]) -> None:
+def _deliver(into: Future[CheckedEvents], checked: Future[Any]) -> None:
     """Runs in the pool's thread when a worker answers, whether or not a request still
     awaits the answer (its client may have gone), so that no file is left behind."""
     try:
-        result = _received(checked.result())
+        result = _read_back(checked.result())
     except BaseException as exc:
         with contextlib.suppress(InvalidStateError):  # the request was cancelled
             into.set_exception(exc)
@@ -247,7 +247,7 @@ class EventCheckers:
             return check_events(request)
         received: Future[CheckedEvents] = Future()
         try:
-            pool.submit(_check_in_worker, request).add_done_callback(lambda done: _receive(received, done))
+            pool.submit(_check_in_worker, request).add_done_callback(lambda done: _deliver(received, done))
             return await asyncio.wrap_future(received)
         except BrokenProcessPool:
             log.warning("an ingest worker process died; checking this request inline and restarting the pool")

@@ -76,8 +76,7 @@ class ValidBatch:
         # Arrow's IPC format: one copy of the buffers, twenty times cheaper than pickling
         # the table itself.
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, self.rows.schema) as writer:
-            writer.write_table(self.rows)
+        write_rows(self.rows, sink)
         return _rebuild, (sink.getvalue(), self.tokens, self.indexes, self.errors, self.ignored)
 
     def select(self, rows: list[int]) -> ValidBatch:
@@ -114,4 +113,16 @@ class ValidBatch:
 def _rebuild(
     rows: pa.Buffer, tokens: list[str | None], indexes: list[int], errors: list[RecordError], ignored: int
 ) -> ValidBatch:
-    return ValidBatch(pa.ipc.open_stream(rows).read_all(), tokens, indexes, errors, ignored)
+    return ValidBatch(read_rows(rows), tokens, indexes, errors, ignored)
+
+
+def write_rows(rows: pa.Table, sink: pa.NativeFile) -> None:
+    """Rows as they travel and rest outside a process: Arrow's IPC stream format (from a
+    worker to the server, and in the ingest log)."""
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+
+
+def read_rows(source: bytes | pa.Buffer) -> pa.Table:
+    """Rows written by `write_rows`."""
+    return pa.ipc.open_stream(source).read_all()

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from eventkeep.ingest.batch import read_rows, write_rows
+
 _HEADER = struct.Struct("<4sQQI")  # magic, sequence number, payload length, CRC-32 of payload
 _MAGIC = b"EKL1"
 SEGMENT_BYTES = 64 * 1024 * 1024
@@ -59,13 +61,12 @@ class IngestLog:
         """Logged batches with a higher sequence number than `seq`, in order."""
         for _, entry_seq, payload in self._scan():
             if entry_seq > seq:
-                yield entry_seq, pa.ipc.open_stream(payload).read_all()
+                yield entry_seq, read_rows(payload)
 
     def append(self, rows: pa.Table) -> int:
         """Write one entry and sync it to disk; its sequence number once it is durable."""
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, rows.schema) as writer:
-            writer.write_table(rows)
+        write_rows(rows, sink)
         payload = sink.getvalue()
         seq = self.last_seq + 1
         header = _HEADER.pack(_MAGIC, seq, payload.size, zlib.crc32(payload))

@@ -218,13 +218,13 @@ def same_as_inline(checked: CheckedEvents, request: EventRequest) -> None:
 def answers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The kind of each answer the server side receives from a worker."""
     seen: list[str] = []
-    received = checkers_module._received
+    received = checkers_module._read_back
 
     def spy(answer: Any) -> CheckedEvents:
         seen.append(type(answer).__name__)
         return received(answer)
 
-    monkeypatch.setattr(checkers_module, "_received", spy)
+    monkeypatch.setattr(checkers_module, "_read_back", spy)
     return seen
 
 
