@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from eventkeep.collector import tune_for_batches
 from eventkeep.http.app import AppState, create_app
 from eventkeep.http.checkers import EventCheckers
 from eventkeep.projects.registry import CredentialCache
@@ -43,20 +43,6 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic collector off the ingest path.
-
-    Each request decodes thousands of small dicts and lists. With the default thresholds
-    the collector runs every 700 allocations and, every so often, walks every long-lived
-    object too; that cost several times the parse itself. Objects made at start-up are
-    frozen out of its view, and it runs far less often (request data is freed by
-    reference counting; there are few cycles to find).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
 def app_factory() -> Starlette:
     """The app of one worker process: `uvicorn --factory eventkeep.server:app_factory`.
 
@@ -68,7 +54,7 @@ def app_factory() -> Starlette:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(build_state(settings))
-    _tune_garbage_collector()
+    tune_for_batches()
     return app
 
 
@@ -129,7 +115,7 @@ def serve(settings: Settings) -> int:
         state.registry.close()
         return _serve_workers(settings, workers)
     app = create_app(state)
-    _tune_garbage_collector()
+    tune_for_batches()
     scheme = "https" if settings.tls_cert else "http"
     print(f"eventkeep: serving on {scheme}://{settings.host}:{settings.port} ({_redacted(settings.store_url)})", flush=True)
     config = uvicorn.Config(

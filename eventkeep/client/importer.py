@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,8 +34,10 @@ from eventkeep.client.connection import Connection
 from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration, retries_line
 from eventkeep.client.rejects import RejectsWriter, reason_key
 from eventkeep.client.sender import Batch, DryRunSender, Outcome, RetryPolicy, Sender
-from eventkeep.client.shape import ShapeOptions, Shaper, chunks_from_events, encode_event
+from eventkeep.client.shape import Shaped, ShapeOptions, Shaper, chunks_from_events, encode_event
 from eventkeep.client.sources import ByteCounter, Chunk, InputError, Source, read_source
+from eventkeep.collector import fewer_collections
+from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
 from eventkeep.ingest.payload import CheckedEvent
 from eventkeep.ingest.validate import IngestContext, compact_size_bound, validate_events
@@ -330,7 +334,8 @@ class Importer:
         input_error: str | None = None
         finished_reading = False
         try:
-            finished_reading = self._produce(start)
+            with fewer_collections():
+                finished_reading = self._produce(start)
         except KeyboardInterrupt:
             interrupted = True
             self.sender.abort("interrupted")
@@ -419,28 +424,11 @@ class Importer:
 
     def _produce(self, start: Position) -> bool:
         """Read every chunk and submit batches; False if it stopped early (an abort)."""
-        o = self.options
-        seq = 0
-        lines: list[bytes] = []
-        positions: list[Position] = []
-        counts = Counts()
-        nbytes = 0
-        last_end = start
+        cutter = _BatchCutter(self.options, start, self._submit)
         end = start
-
-        def flush(upto: Position) -> None:
-            nonlocal seq, lines, positions, counts, nbytes, last_end
-            if not lines and not counts.read and upto == last_end:
-                return
-            batch = Batch(seq, lines, positions, upto, counts)
-            self.watermark.register(seq, upto)
-            seq += 1
-            lines, positions, counts, nbytes, last_end = [], [], Counts(), 0, upto
-            self.sender.submit(batch)
-
         for chunk in self._chunks(start):
             if self.sender.aborted:
-                self._unsent(lines, counts)
+                self._unsent(cutter.lines, cutter.counts)
                 return False
             shaped = self.shaper.shape(chunk)
             items = shaped.items
@@ -450,47 +438,54 @@ class Importer:
                 decisions_only=True,
                 size_bound=compact_size_bound(texts) if len(texts) == len(items) else None,
             )
-            accepted = bytearray(len(items))
-            for row in checked.indexes:
-                accepted[row] = 1
-            refused = {e.index: e for e in checked.errors}
             source = chunk.source
-            read_here = 0
-            rejected_here = 0
-            for i, item in enumerate(items):
-                record = chunk.indexes[i]
-                read_here += 1
-                if accepted[i]:
-                    line = shaped.lines[i] or encode_event(item)
-                    if lines and (len(lines) >= o.batch_size or nbytes + len(line) + 1 > o.batch_bytes):
-                        flush((source, record))  # the batch ends before this record...
-                    counts.read += 1  # ...so the record counts in the next one
-                    lines.append(line)
-                    positions.append((source, record))
-                    nbytes += len(line) + 1
-                elif i in refused:
-                    counts.read += 1
-                    error = refused[i]
-                    raw = chunk.raws[i][:MAX_RAW_IN_REJECTS] if chunk.raws is not None else None
-                    event = None if i in shaped.parse_errors else item
-                    if type(event) is CheckedEvent:
-                        event = {"event": event.event, "properties": event.properties}
-                    self.rejects.write((source, record), error.field, error.message, error.insert_id, event, raw)
-                    counts.reject(reason_key(error.field, error.message))
-                    rejected_here += 1
-                else:
-                    counts.read += 1
-                    counts.ignored += 1
+            if len(checked.indexes) == len(items) and len(texts) == len(items):
+                # The usual chunk: every record accepted and sent as read.
+                cutter.add_all(texts, source, chunk.indexes)
+                self._live_read += len(items)
+            else:
+                self._live_rejected += self._add_each(cutter, chunk, shaped, checked)
+                self._live_read += len(items)
             end = (source, chunk.end)
-            self._live_read += read_here
-            self._live_rejected += rejected_here
-            if len(lines) >= o.batch_size:
-                flush(end)
+            if cutter.full:
+                cutter.flush(end)
         if self.sender.aborted:
-            self._unsent(lines, counts)
+            self._unsent(cutter.lines, cutter.counts)
             return False
-        flush(end)
+        cutter.flush(end)
         return True
+
+    def _add_each(self, cutter: _BatchCutter, chunk: Chunk, shaped: Shaped, checked: ValidBatch) -> int:
+        """A chunk with refused, ignored or re-encoded records, record by record; the
+        number refused."""
+        accepted = bytearray(len(shaped.items))
+        for row in checked.indexes:
+            accepted[row] = 1
+        refused = {e.index: e for e in checked.errors}
+        source = chunk.source
+        rejected = 0
+        for i, item in enumerate(shaped.items):
+            record = chunk.indexes[i]
+            if accepted[i]:
+                cutter.add(shaped.lines[i] or encode_event(item), (source, record))
+                continue
+            cutter.counts.read += 1
+            if i in refused:
+                error = refused[i]
+                raw = chunk.raws[i][:MAX_RAW_IN_REJECTS] if chunk.raws is not None else None
+                event = None if i in shaped.parse_errors else item
+                if type(event) is CheckedEvent:
+                    event = {"event": event.event, "properties": event.properties}
+                self.rejects.write((source, record), error.field, error.message, error.insert_id, event, raw)
+                cutter.counts.reject(reason_key(error.field, error.message))
+                rejected += 1
+            else:
+                cutter.counts.ignored += 1
+        return rejected
+
+    def _submit(self, batch: Batch) -> None:
+        self.watermark.register(batch.seq, batch.end)
+        self.sender.submit(batch)
 
     def _unsent(self, lines: list[bytes], counts: Counts) -> None:
         counts.failed += len(lines)
@@ -533,3 +528,63 @@ class Importer:
             self.watermark.finish(batch.seq, True, counts)
         with self._lock:
             self._run.add(counts)
+
+
+class _BatchCutter:
+    """Cuts the accepted records into batches of at most `batch_size` records and
+    `batch_bytes` bytes, in input order. `counts` are those of the batch being filled:
+    a refused or ignored record counts in the batch whose stretch of input holds it."""
+
+    def __init__(self, options: ImportOptions, start: Position, submit: Callable[[Batch], None]) -> None:
+        self.batch_size = options.batch_size
+        self.batch_bytes = options.batch_bytes
+        self.submit = submit
+        self.seq = 0
+        self.lines: list[bytes] = []
+        self.positions: list[Position] = []
+        self.counts = Counts()
+        self.nbytes = 0
+        self.last_end = start
+
+    @property
+    def full(self) -> bool:
+        return len(self.lines) >= self.batch_size
+
+    def flush(self, upto: Position) -> None:
+        """Send the batch being filled, as closing the input up to `upto` (exclusive)."""
+        if not self.lines and not self.counts.read and upto == self.last_end:
+            return
+        batch = Batch(self.seq, self.lines, self.positions, upto, self.counts)
+        self.seq += 1
+        self.lines, self.positions, self.counts, self.nbytes, self.last_end = [], [], Counts(), 0, upto
+        self.submit(batch)
+
+    def add(self, line: bytes, position: Position) -> None:
+        if self.lines and (len(self.lines) >= self.batch_size or self.nbytes + len(line) + 1 > self.batch_bytes):
+            self.flush(position)  # the batch ends before this record...
+        self.counts.read += 1  # ...so the record counts in the next one
+        self.lines.append(line)
+        self.positions.append(position)
+        self.nbytes += len(line) + 1
+
+    def add_all(self, lines: list[bytes], source: int, records: list[int]) -> None:
+        """What `add` does for each line, a slice at a time: per-record Python work here
+        cost ~2 µs an event, a fifth of the tool's time."""
+        taken = 0
+        while taken < len(lines):
+            room = min(len(lines), taken + self.batch_size - len(self.lines))
+            # fill[k]: the batch's bytes with k more lines (each line and its newline)
+            fill = list(accumulate(map((1).__add__, map(len, lines[taken:room])), initial=self.nbytes))
+            fits = bisect_right(fill, self.batch_bytes) - 1
+            if fits <= 0:
+                if self.lines:
+                    self.flush((source, records[taken]))
+                    continue
+                fits = 1  # a record over batch_bytes on its own still goes, alone
+            self.lines += lines[taken : taken + fits]
+            self.positions += [(source, record) for record in records[taken : taken + fits]]
+            self.counts.read += fits
+            self.nbytes = fill[fits]
+            taken += fits
+            if taken < len(lines):
+                self.flush((source, records[taken]))  # full: the next record starts the next batch

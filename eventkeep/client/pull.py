@@ -44,6 +44,7 @@ from eventkeep.client.checkpoint import atomic_write, default_path, job_digest
 from eventkeep.client.connection import Connection
 from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration, retries_line
 from eventkeep.client.sender import RetryPolicy, parse_retry_after
+from eventkeep.collector import fewer_collections
 
 OutputFormat = Literal["auto", "ndjson", "csv", "parquet"]
 
@@ -422,7 +423,7 @@ class Puller:
             transport=self.transport,
         )
         try:
-            with ThreadPoolExecutor(max_workers=min(self.options.concurrency, 100)) as pool:
+            with fewer_collections(), ThreadPoolExecutor(max_workers=min(self.options.concurrency, 100)) as pool:
                 running: dict[Future[str | None], Job] = {pool.submit(self._fetch, client, job, folder): job for job in pending}
                 while running:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -336,13 +336,22 @@ def _ndjson_chunks(stream: io.BufferedReader, source: Source, source_index: int,
         data = pending + block if pending else block
         lines = data.split(b"\n")
         pending = b"" if final else lines.pop()
-        for line in lines:
-            if line and not line.isspace():
-                raws.append(line)
-                indexes.append(line_index)
-            line_index += 1
+        # Whole slices of lines at a time: per-line Python work costs ~0.7 µs an event.
+        if b"" in lines or any(map(bytes.isspace, lines)):
+            numbers = [line_index + i for i, line in enumerate(lines) if line and not line.isspace()]
+            records = [lines[n - line_index] for n in numbers]
+        else:
+            numbers, records = list(range(line_index, line_index + len(lines))), lines
+        line_index += len(lines)
+        taken = 0
+        while taken < len(records):
+            room = min(len(records) - taken, CHUNK_RECORDS - len(raws))
+            raws += records[taken : taken + room]
+            indexes += numbers[taken : taken + room]
+            taken += room
             if len(raws) >= CHUNK_RECORDS:
-                yield Chunk(source_index, line_index, indexes, raws=raws, errors=errors)
+                # the chunk ends just after its last record's line
+                yield Chunk(source_index, indexes[-1] + 1, indexes, raws=raws, errors=errors)
                 raws, indexes, errors = [], [], {}
         if final and lines and not lines[-1]:
             line_index -= 1  # a trailing newline ends the last line; it does not start one

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -48,6 +47,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from eventkeep.collector import tune_for_batches
 from eventkeep.ingest.batch import read_rows, write_rows
 from eventkeep.ingest.compression import is_compressed
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
@@ -84,10 +84,7 @@ def _start_worker(pool_started: Any, shared_dir: Path | None) -> None:
     # The server handles Ctrl-C and shuts the pool down; workers should not also react.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(WORKER_NICENESS)
-    # The same collector tuning as the server: request data is acyclic.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    tune_for_batches()
     _keep_freed_memory()
     threading.Thread(target=_exit_with, args=(os.getppid(),), name="eventkeep-server-watch", daemon=True).start()
 

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -196,3 +197,33 @@ def test_source_identity_follows_content_not_mtime(tmp_path: Path) -> None:
     assert {**Source(str(copy)).identity(), "path": before["path"]} == before
     path.write_bytes(_ndjson(EVENTS[::-1]))
     assert Source(str(path)).identity() != before
+
+
+@given(
+    kinds=st.lists(st.sampled_from(["record", "blank", "spaces", "crlf"]), max_size=40),
+    chunk_records=st.integers(1, 6),
+    block=st.integers(8, 64),
+    trailing_newline=st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_ndjson_chunks_agree_with_reading_line_by_line(
+    tmp_path_factory: Any, kinds: list[str], chunk_records: int, block: int, trailing_newline: bool
+) -> None:
+    texts = {"record": '{"n":%d}', "blank": "", "spaces": " \t ", "crlf": '{"n":%d}\r'}
+    lines = [texts[kind].replace("%d", str(i)) for i, kind in enumerate(kinds)]
+    data = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
+    path = tmp_path_factory.mktemp("nd") / "e.ndjson"
+    path.write_text(data)
+    # the model: a newline ends a line; records are the lines with something in them;
+    # chunks of chunk_records end just after their last record, the last one (possibly
+    # empty) at the end of the last line
+    lines = data.split("\n")[:-1] if data.endswith("\n") else data.split("\n") if data else []
+    numbered = [(i, line.encode()) for i, line in enumerate(lines) if line.strip()]
+    groups = [numbered[i : i + chunk_records] for i in range(0, len(numbered), chunk_records)]
+    expected = [([i for i, _ in g], [raw for _, raw in g], g[-1][0] + 1) for g in groups if len(g) == chunk_records]
+    rest = numbered[len(expected) * chunk_records :]
+    if rest or lines:
+        expected.append(([i for i, _ in rest], [raw for _, raw in rest], len(lines)))
+    with patch.object(sources, "CHUNK_RECORDS", chunk_records), patch.object(sources, "BLOCK", block):
+        chunks = [(c.indexes, c.raws, c.end) for c in read_source(Source(str(path)), 0)]
+    assert chunks == expected
