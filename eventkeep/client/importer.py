@@ -442,10 +442,9 @@ class Importer:
             if len(checked.indexes) == len(items) and len(texts) == len(items):
                 # The usual chunk: every record accepted and sent as read.
                 cutter.add_all(texts, source, chunk.indexes)
-                self._live_read += len(items)
             else:
                 self._live_rejected += self._add_each(cutter, chunk, shaped, checked)
-                self._live_read += len(items)
+            self._live_read += len(items)
             end = (source, chunk.end)
             if cutter.full:
                 cutter.flush(end)
