@@ -184,13 +184,14 @@ def _accept_checked_batch(
         return None
     low, high = min(times), max(times)
     if low > 0 and high <= limits.MS_THRESHOLD:
-        times_ms = [round(t * 1000) for t in times]
+        scale = 1000  # seconds
     elif low > limits.MS_THRESHOLD:
-        times_ms = [round(t) for t in times]
+        scale = 1  # milliseconds
     else:
         return None
     oldest = ctx.now_ms - limits.TRACK_MAX_AGE_MS if ctx.endpoint == "track" else limits.MIN_TIME_MS
-    if min(times_ms) < max(oldest, limits.MIN_TIME_MS) or max(times_ms) > ctx.now_ms:
+    # Scaling and rounding keep the order, so the extremes bound every event's time.
+    if round(low * scale) < max(oldest, limits.MIN_TIME_MS) or round(high * scale) > ctx.now_ms:
         return None
 
     distinct_ids: list[Any] = [props.get("distinct_id") for props in all_props]
@@ -218,6 +219,7 @@ def _accept_checked_batch(
         if max(map(len, map(_encode, items))) >= limits.MAX_EVENT_BYTES:
             return None
         return ValidBatch(indexes=list(range(len(items))))
+    times_ms = [round(t * 1000) for t in times] if scale == 1000 else [round(t) for t in times]
     return _store_checked_batch(names, all_props, times, times_ms, distinct_ids, insert_ids, added)
 
 

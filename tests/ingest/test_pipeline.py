@@ -139,13 +139,26 @@ def test_fast_paths_decide_exactly_as_the_full_rules(batch: list[dict[str, Any]]
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(odd=st.lists(events(), min_size=1, max_size=3), at=st.integers(0, 40))
-def test_one_odd_event_in_a_clean_batch_changes_only_itself(odd: list[dict[str, Any]], at: int) -> None:
+@given(odd=st.lists(events(), min_size=1, max_size=3), at=st.integers(0, 40), track=st.booleans())
+def test_one_odd_event_in_a_clean_batch_changes_only_itself(odd: list[dict[str, Any]], at: int, track: bool) -> None:
     items = realistic(40)
     items[at:at] = odd
-    fast, slow, _ = both_ways(ndjson(items), CONTEXTS[0])
+    fast, slow, _ = both_ways(ndjson(items), CONTEXTS[track])
     same(fast, slow)
     assert len(fast) + len(fast.errors) + fast.ignored == len(items)
+
+
+@pytest.mark.parametrize("track", [False, True], ids=["import", "track"])
+@pytest.mark.parametrize("decisions_only", [False, True], ids=["stored", "decisions"])
+def test_only_the_too_old_event_of_a_clean_batch_is_refused(track: bool, decisions_only: bool) -> None:
+    """The column path bounds the batch's times by its oldest and newest event."""
+    items = realistic(30)
+    too_old = NOW_S - 6 * 86400 if track else 1_000_000  # over /track's 5 days; before 1971
+    items[17]["properties"]["time"] = too_old
+    parsed = parse_body(ndjson(items), "application/x-ndjson", {}, events=True).items
+    checked = validate_events(parsed, CONTEXTS[track], decisions_only=decisions_only)
+    assert [e.index for e in checked.errors] == [17]
+    assert checked.indexes == [i for i in range(30) if i != 17]
 
 
 def test_a_json_array_body_is_checked_the_same_way() -> None:
