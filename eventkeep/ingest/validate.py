@@ -219,7 +219,7 @@ def _accept_checked_batch(
         if max(map(len, map(_encode, items))) >= limits.MAX_EVENT_BYTES:
             return None
         return ValidBatch(indexes=list(range(len(items))))
-    times_ms = [round(t * 1000) for t in times] if scale == 1000 else [round(t) for t in times]
+    times_ms = [round(t * scale) for t in times]
     return _store_checked_batch(names, all_props, times, times_ms, distinct_ids, insert_ids, added)
 
 
