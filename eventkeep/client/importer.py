@@ -38,6 +38,7 @@ from eventkeep.client.shape import Shaped, ShapeOptions, Shaper, chunks_from_eve
 from eventkeep.client.sources import ByteCounter, Chunk, InputError, Source, read_source
 from eventkeep.collector import fewer_collections
 from eventkeep.ingest.batch import ValidBatch
+from eventkeep.ingest.fastpath import accepts_every_event
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
 from eventkeep.ingest.payload import CheckedEvent
 from eventkeep.ingest.validate import IngestContext, compact_size_bound, validate_events
@@ -430,21 +431,14 @@ class Importer:
             if self.sender.aborted:
                 self._unsent(cutter.lines, cutter.counts)
                 return False
-            shaped = self.shaper.shape(chunk)
-            items = shaped.items
-            texts = [line for line in shaped.lines if line is not None]
-            checked = validate_events(
-                items, IngestContext("import", int(time.time() * 1000)), shaped.parse_errors or None,
-                decisions_only=True,
-                size_bound=compact_size_bound(texts) if len(texts) == len(items) else None,
-            )
             source = chunk.source
-            if len(checked.indexes) == len(items) and len(texts) == len(items):
-                # The usual chunk: every record accepted and sent as read.
-                cutter.add_all(texts, source, chunk.indexes)
+            ctx = IngestContext("import", int(time.time() * 1000))
+            if self.shaper.sends_as_read(chunk) and accepts_every_event(chunk.raws or [], ctx):
+                # The usual chunk: Mixpanel-shaped events, every one clean, sent as read.
+                cutter.add_all(list(chunk.raws or []), source, chunk.indexes)
             else:
-                self._live_rejected += self._add_each(cutter, chunk, shaped, checked)
-            self._live_read += len(items)
+                self._live_rejected += self._check_and_add(cutter, chunk, ctx)
+            self._live_read += len(chunk)
             end = (source, chunk.end)
             if cutter.full:
                 cutter.flush(end)
@@ -453,6 +447,22 @@ class Importer:
             return False
         cutter.flush(end)
         return True
+
+    def _check_and_add(self, cutter: _BatchCutter, chunk: Chunk, ctx: IngestContext) -> int:
+        """Shape and validate a chunk in Python, then add what is accepted; the number refused."""
+        shaped = self.shaper.shape(chunk)
+        items = shaped.items
+        texts = [line for line in shaped.lines if line is not None]
+        checked = validate_events(
+            items, ctx, shaped.parse_errors or None,
+            decisions_only=True,
+            size_bound=compact_size_bound(texts) if len(texts) == len(items) else None,
+        )
+        if len(checked.indexes) == len(items) and len(texts) == len(items):
+            # Every record accepted and sent as read.
+            cutter.add_all(texts, chunk.source, chunk.indexes)
+            return 0
+        return self._add_each(cutter, chunk, shaped, checked)
 
     def _add_each(self, cutter: _BatchCutter, chunk: Chunk, shaped: Shaped, checked: ValidBatch) -> int:
         """A chunk with refused, ignored or re-encoded records, record by record; the

@@ -177,15 +177,21 @@ class Shaper:
             lines[i] = None
         return Shaped(items, lines, parse_errors)
 
+    def sends_as_read(self, chunk: Chunk) -> bool:
+        """Whether the chunk's records are events to send as read, if they are valid:
+        Mixpanel-shaped JSON texts, none unreadable."""
+        return not (chunk.raws is None or chunk.errors or chunk.flat or self.options.shape not in ("auto", "mixpanel"))
+
     def _checked_events(self, chunk: Chunk) -> list[Any] | None:
         """The usual case, fast: NDJSON of Mixpanel-shaped events that carry their own
         `$insert_id` decode straight to the checked event shape, which validation accepts a
         whole chunk at a time (see eventkeep.ingest.payload.CheckedEvent). The lines are sent
         as they were read, so validation may edit these decoded copies."""
-        if chunk.raws is None or chunk.errors or chunk.flat or self.options.shape not in ("auto", "mixpanel"):
+        raws = chunk.raws
+        if raws is None or not self.sends_as_read(chunk):
             return None
-        events = decode_checked_events(b"[" + b",".join(chunk.raws) + b"]")
-        if events is None or len(events) != len(chunk.raws):
+        events = decode_checked_events(b"[" + b",".join(raws) + b"]")
+        if events is None or len(events) != len(raws):
             return None
         if any([event.properties.get("$insert_id") is None for event in events]):
             return None

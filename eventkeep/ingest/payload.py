@@ -23,6 +23,7 @@ from eventkeep.errors import bad_request
 from eventkeep.ingest import limits
 
 Encoding = Literal["json", "ndjson", "form"]
+EventShape = Literal["json", "ndjson"]  # the encodings of a body that is not a form
 
 _decoder = msgspec.json.Decoder()
 
@@ -193,21 +194,18 @@ def parse_body(
     the items are meant to be events, so JSON arrays and NDJSON try the checked event shape
     first (see CheckedEvent).
     """
-    content_type = content_type.lower()
     params = dict(query)
-    if not body.strip():
-        if "data" in params:
-            return Payload(_as_list(decode_data_param(params["data"])), "form", params)
-        raise bad_request("request body is empty")
-    if looks_like_form(body, content_type):
+    shape = body_shape(body, content_type)
+    if shape is None:
+        if not body or body.isspace():
+            if "data" in params:
+                return Payload(_as_list(decode_data_param(params["data"])), "form", params)
+            raise bad_request("request body is empty")
         params.update(parse_form(body))
         if "data" not in params:
             raise bad_request("form body has no 'data' field")
         return Payload(_as_list(decode_data_param(params["data"])), "form", params)
-    head = body.lstrip()[:1]
-    if "ndjson" in content_type or head == b"{":
-        if head == b"[":
-            return _json_array(body, params, events)
+    if shape == "ndjson":
         items, errors = parse_ndjson(body, events=events)
         if errors and len(errors) == len(items):
             # Perhaps a single pretty-printed object rather than NDJSON.
@@ -217,6 +215,20 @@ def parse_body(
                 pass
         return Payload(items, "ndjson", params, errors)
     return _json_array(body, params, events)
+
+
+def body_shape(body: bytes, content_type: str) -> EventShape | None:
+    """How a body is read: as a JSON array (or one object), as NDJSON, or None for an
+    empty body or a form."""
+    if not body or body.isspace():
+        return None
+    content_type = content_type.lower()
+    if looks_like_form(body, content_type):
+        return None
+    head = body.lstrip()[:1]
+    if head != b"[" and ("ndjson" in content_type or head == b"{"):
+        return "ndjson"
+    return "json"
 
 
 def _json_array(body: bytes, params: dict[str, str], events: bool) -> Payload:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from eventkeep.errors import ApiError, too_many_events
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.compression import inflate
+from eventkeep.ingest.fastpath import accept_clean_body
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
-from eventkeep.ingest.payload import Encoding, parse_body
+from eventkeep.ingest.payload import Encoding, body_shape, parse_body
 from eventkeep.ingest.validate import (
     Endpoint,
     IngestContext,
@@ -62,9 +63,22 @@ class CheckedEvents:
 
 
 def check_events(request: EventRequest) -> CheckedEvents:
-    """Inflate, decode, count and validate; never raises for bad input."""
+    """Inflate, decode, count and validate; never raises for bad input.
+
+    A clean batch (the usual kind) is accepted whole by the compiled scanner; any other
+    is decoded and validated in Python, which gives each refused event its reason.
+    """
     try:
         body = inflate(request.body, request.content_encoding, MAX_REQUEST_BYTES)
+    except ApiError as error:
+        return CheckedEvents(error=(error.status, error.message))
+    shape = body_shape(body, request.content_type)
+    if shape is not None:
+        ctx = IngestContext(request.endpoint, request.now_ms, request.api_host)
+        clean = accept_clean_body(body, shape, ctx)
+        if clean is not None:
+            return CheckedEvents(shape, dict(request.query), len(clean), clean)
+    try:
         payload = parse_body(body, request.content_type, request.query, events=True)
     except ApiError as error:
         return CheckedEvents(error=(error.status, error.message))

@@ -81,7 +81,7 @@ def validate_events(
     events whose bound is under the size limit is not encoded just to be measured.
     """
     track = ctx.endpoint == "track"
-    added = _ingestion_properties(ctx)
+    added = ingestion_properties(ctx)
     if not parse_errors and items and type(items[0]) is CheckedEvent:
         accepted = _accept_checked_batch(items, ctx, added, decisions_only, size_bound)
         if accepted is not None:
@@ -134,7 +134,8 @@ def validate_events(
     )
 
 
-def _ingestion_properties(ctx: IngestContext) -> dict[str, Any]:
+def ingestion_properties(ctx: IngestContext) -> dict[str, Any]:
+    """The properties the server adds to every event it stores, in their order."""
     added: dict[str, Any] = {} if ctx.endpoint == "track" else {"$import": True}
     added["$mp_api_endpoint"] = ctx.api_host
     added["$mp_api_timestamp_ms"] = ctx.now_ms

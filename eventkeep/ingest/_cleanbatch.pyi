@@ -1,0 +1,12 @@
+MAX_EVENTS: int
+MAX_STRING_CHARS: int
+MAX_ITEMS: int
+MAX_EVENT_BYTES: int
+MIN_TIME_MS: int
+MS_THRESHOLD: int
+TRACK_MAX_AGE_MS: int
+
+def check(
+    body: bytes, array: bool, track: bool, now_ms: int, tail: bytes, reserved: tuple[bytes, ...], /
+) -> tuple[int, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[str | None] | None] | None: ...
+def encode_float(value: float, /) -> bytes: ...

@@ -1,0 +1,69 @@
+"""The clean-batch path in C: a whole body of valid events to stored columns in one pass.
+
+Most batches are clean: every event has a name, a time, a distinct_id and an `$insert_id`,
+and no value is near a limit. For those, decoding into Python objects, checking them and
+encoding the properties again costs ~10 µs per event; the compiled scanner
+(`_cleanbatch.c`) reads the body once and writes the Arrow buffers directly. It accepts only
+what `validate_events` accepts as a clean batch, and builds the same rows, byte for byte
+(tests/ingest/test_fastpath.py holds the two together); for anything else it answers None
+and the batch takes the Python path, which defines the rules. Without a C compiler at
+install time the module is missing and every batch takes the Python path.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pyarrow as pa
+
+from eventkeep.ingest.batch import ROWS_SCHEMA, ValidBatch
+from eventkeep.ingest.payload import EventShape
+from eventkeep.ingest.validate import IngestContext, ingestion_properties
+
+try:
+    from eventkeep.ingest import _cleanbatch
+except ImportError:  # pragma: no cover - built wherever the tests run
+    _cleanbatch = None  # type: ignore[assignment]
+
+_encode = msgspec.json.encode
+
+
+def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> ValidBatch | None:
+    """The stored batch of a body whose every event is clean, or None."""
+    if _cleanbatch is None:
+        return None
+    added = ingestion_properties(ctx)
+    tail = b"," + _encode(added)[1:-1] + b',"$mp_event_size":'
+    scanned = _cleanbatch.check(body, shape == "json", ctx.endpoint == "track", ctx.now_ms, tail, _reserved(ctx))
+    if scanned is None:
+        return None
+    count, *buffers, tokens = scanned
+    columns = [
+        _strings(count, buffers[0], buffers[1]),
+        _strings(count, buffers[2], buffers[3]),
+        pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(buffers[4])]),
+        _strings(count, buffers[5], buffers[6]),
+        _strings(count, buffers[7], buffers[8]),
+    ]
+    return ValidBatch(
+        rows=pa.Table.from_arrays(columns, schema=ROWS_SCHEMA),
+        tokens=tokens if tokens is not None else [None] * count,
+        indexes=list(range(count)),
+    )
+
+
+def accepts_every_event(texts: list[bytes], ctx: IngestContext) -> bool:
+    """Whether the server's clean-batch path would take every one of these events (each a
+    JSON object's text) as it is: the import tool's check of a chunk it sends unchanged."""
+    if _cleanbatch is None or not texts:
+        return False
+    body = b"[" + b",".join(texts) + b"]"
+    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", _reserved(ctx)) is not None
+
+
+def _reserved(ctx: IngestContext) -> tuple[bytes, ...]:
+    return tuple(key.encode() for key in (*ingestion_properties(ctx), "$mp_event_size"))
+
+
+def _strings(count: int, offsets: bytes, data: bytes) -> pa.Array:
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
