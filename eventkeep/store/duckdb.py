@@ -103,6 +103,9 @@ WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
 # writer to checkpoint under full load (up to 2 s) without requests noticing, and a bound
 # on memory (about 200 MB of rows).
 MAX_UNAPPLIED_ROWS = 400_000
+# Past this backlog, logging slows to the writer's own pace (see _pace), so that under
+# sustained load the backlog settles near twice this and keeps room for a checkpoint.
+PACE_FROM_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ class DuckDBStore:
         self._apply_failure: BaseException | None = None
         self._applied_seq = self._read_applied_seq()
         self._log.last_seq = max(self._log.last_seq, self._applied_seq)
+        self._seconds_per_row = 0.0  # the writer's recent pace, checkpoints included
         self._recover()
         self._writer: GroupCommitter[_WriterItem] = GroupCommitter(
             self._commit_any, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
@@ -197,6 +201,20 @@ class DuckDBStore:
         future = self._writer.submit(_LoggedRows(seq, rows), rows.num_rows, wait=True)
         self._unapplied.append((future, rows.num_rows))
         self._unapplied_rows += rows.num_rows
+        self._pace(rows.num_rows)
+
+    def _pace(self, rows: int) -> None:
+        """Hold logging back once the writer falls behind, in proportion to how far.
+
+        Without this, ingest workers that check faster than DuckDB applies fill the backlog
+        to its bound, and from then on every checkpoint holds every request for its whole
+        length. Here each logged group waits the time the writer needs for it, scaled by the
+        backlog over PACE_FROM_ROWS: at twice that, logging runs at the writer's pace, so the
+        backlog settles there, and the rest of the bound absorbs checkpoints.
+        """
+        excess = self._unapplied_rows - PACE_FROM_ROWS
+        if excess > 0 and self._seconds_per_row > 0:
+            time.sleep(min(1.0, rows * self._seconds_per_row * excess / PACE_FROM_ROWS))
 
     def _commit(self, logged: list[_LoggedRows]) -> None:
         """Apply logged batches in one transaction, recording the last one applied.
@@ -206,6 +224,7 @@ class DuckDBStore:
         """
         if self._apply_failure is not None:
             raise StoreUnavailable("an earlier apply failed")
+        started = time.monotonic()
         try:
             self._apply(logged)
         except BaseException as exc:
@@ -215,6 +234,9 @@ class DuckDBStore:
             raise
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
             self._checkpoint()
+        rows = sum(entry.rows.num_rows for entry in logged)
+        pace = (time.monotonic() - started) / max(rows, 1)
+        self._seconds_per_row = pace if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * pace
 
     def _apply(self, logged: list[_LoggedRows]) -> None:
         con = self._con

@@ -306,3 +306,24 @@ def test_a_failed_log_write_is_refused_and_later_entries_stay_recoverable(
         assert sorted(line["properties"]["$insert_id"] for line in lines(reopened)) == ["after", "applied", "first"]
     finally:
         reopened.close()
+
+
+def test_logging_slows_to_the_writers_pace_in_proportion_to_the_backlog(
+    store: DuckDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventkeep.store import duckdb as duckdb_store
+
+    store.append_sync(1, batch(ev("a"), ev("b")))
+    assert len(lines(store)) == 2  # applied
+    assert store._seconds_per_row > 0  # measured by the writer's commit
+    slept: list[float] = []
+    monkeypatch.setattr(duckdb_store.time, "sleep", slept.append)
+    store._seconds_per_row = 1e-6
+    store._unapplied_rows = duckdb_store.PACE_FROM_ROWS  # at the threshold: no wait
+    store._pace(2000)
+    store._unapplied_rows = 2 * duckdb_store.PACE_FROM_ROWS  # the writer's own pace
+    store._pace(2000)
+    store._unapplied_rows = 3 * duckdb_store.PACE_FROM_ROWS  # further behind: slower still
+    store._pace(2000)
+    store._unapplied_rows = 0
+    assert slept == pytest.approx([2000e-6, 4000e-6])
