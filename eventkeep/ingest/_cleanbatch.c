@@ -140,6 +140,21 @@ static int expect(Scan *s, unsigned char c)
     return NOT_CLEAN;
 }
 
+/* After a member or an element: 1 if another follows (its ',' read), 0 if `close` ended
+ * the container (read), NOT_CLEAN for anything else. */
+static inline int after_item(Scan *s, unsigned char close)
+{
+    skip_ws(s);
+    if (s->p < s->end) {
+        unsigned char c = *s->p++;
+        if (c == ',')
+            return 1;
+        if (c == close)
+            return 0;
+    }
+    return NOT_CLEAN;
+}
+
 static const char HEX[] = "0123456789abcdef";
 
 /* Append code point `cp` (already known valid) to `enc`, escaped as msgspec writes it. */
@@ -586,20 +601,13 @@ static int scan_value(Scan *s, Work *w, Buf *enc, int depth)
         r = scan_value(s, w, enc, depth + 1);
         if (r != OK)
             return r;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return NOT_CLEAN;
-        if (*s->p == ',') {
-            s->p++;
-            if (enc && buf_byte(enc, ',') != OK)
-                return FAILED;
-            continue;
-        }
-        if (*s->p == close) {
-            s->p++;
-            return enc ? buf_byte(enc, (char)close) : OK;
-        }
-        return NOT_CLEAN;
+        r = after_item(s, close);
+        if (r == NOT_CLEAN)
+            return r;
+        if (enc && buf_byte(enc, r ? ',' : (char)close) != OK)
+            return FAILED;
+        if (r == 0)
+            return OK;
     }
 }
 
@@ -860,18 +868,11 @@ static int scan_properties(Scan *s, Work *w, Out *o, const Rules *rules, Py_ssiz
             }
             pairs++;
         }
-        skip_ws(s);
-        if (s->p >= s->end)
-            return NOT_CLEAN;
-        if (*s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (*s->p == '}') {
-            s->p++;
+        r = after_item(s, '}');
+        if (r == NOT_CLEAN)
+            return r;
+        if (r == 0)
             break;
-        }
-        return NOT_CLEAN;
     }
     if (!have_time || !have_id || !have_insert)
         return NOT_CLEAN;
@@ -940,18 +941,11 @@ static int scan_event(Scan *s, Work *w, Out *o, const Rules *rules)
         } else {
             return NOT_CLEAN; /* another field, or one given twice */
         }
-        skip_ws(s);
-        if (s->p >= s->end)
-            return NOT_CLEAN;
-        if (*s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (*s->p == '}') {
-            s->p++;
+        r = after_item(s, '}');
+        if (r == NOT_CLEAN)
+            return r;
+        if (r == 0)
             break;
-        }
-        return NOT_CLEAN;
     }
     if (!have_event || !have_properties)
         return NOT_CLEAN;
@@ -1042,6 +1036,11 @@ static PyObject *check(PyObject *self, PyObject *args)
         rules.reserved[i] = PyBytes_AS_STRING(key);
         rules.reserved_len[i] = PyBytes_GET_SIZE(key);
         rules.reserved_count++;
+    }
+    if (body.len > INT32_MAX / 4) { /* the columns' int32 offsets must hold the body and more */
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
     }
     Py_ssize_t guess = body.len / 200 + 1;
     if (guess > MAX_EVENTS)
