@@ -529,6 +529,24 @@ static int keys_add(Keys *k, const char *key, Py_ssize_t len)
     return OK;
 }
 
+/* An object's key and its ':': decoded into `key`, encoded into `enc` (may be NULL), at
+ * most 255 characters and not seen before in the object. */
+static int scan_key(Scan *s, Buf *key, Keys *keys, Buf *enc)
+{
+    Py_ssize_t chars;
+    skip_ws(s);
+    key->len = 0;
+    int r = scan_string(s, key, enc, &chars);
+    if (r != OK)
+        return r;
+    if (chars > MAX_STRING_CHARS)
+        return NOT_CLEAN;
+    r = keys_add(keys, key->data, key->len);
+    if (r != OK)
+        return r;
+    return expect(s, ':');
+}
+
 typedef struct {
     Buf scratch;  /* one decoded string */
     Keys keys[3]; /* per nesting level: properties, and two levels of containers */
@@ -582,19 +600,9 @@ static int scan_value(Scan *s, Work *w, Buf *enc, int depth)
         if (++items > MAX_ITEMS)
             return NOT_CLEAN;
         if (close == '}') {
-            skip_ws(s);
-            Py_ssize_t chars;
-            w->scratch.len = 0;
-            r = scan_string(s, &w->scratch, enc, &chars);
+            r = scan_key(s, &w->scratch, keys, enc);
             if (r != OK)
                 return r;
-            if (chars > MAX_STRING_CHARS)
-                return NOT_CLEAN;
-            r = keys_add(keys, w->scratch.data, w->scratch.len);
-            if (r != OK)
-                return r;
-            if (expect(s, ':') != OK)
-                return NOT_CLEAN;
             if (enc && buf_byte(enc, ':') != OK)
                 return FAILED;
         }
@@ -747,22 +755,13 @@ static int scan_properties(Scan *s, Work *w, Out *o, const Rules *rules, Py_ssiz
         return NOT_CLEAN; /* no time, no distinct_id */
     }
     for (;;) {
-        skip_ws(s);
         Py_ssize_t chars;
-        w->scratch.len = 0;
         Py_ssize_t key_start = core->len + (pairs ? 1 : 0);
         if (pairs && buf_byte(core, ',') != OK)
             return FAILED;
-        r = scan_string(s, &w->scratch, core, &chars);
+        r = scan_key(s, &w->scratch, keys, core);
         if (r != OK)
             return r;
-        if (chars > MAX_STRING_CHARS)
-            return NOT_CLEAN;
-        r = keys_add(keys, w->scratch.data, w->scratch.len);
-        if (r != OK)
-            return r;
-        if (expect(s, ':') != OK)
-            return NOT_CLEAN;
         skip_ws(s);
         const Buf *key = &w->scratch;
         if (match_key(key, "time")) {

@@ -12,6 +12,8 @@ install time the module is missing and every batch takes the Python path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pyarrow as pa
 
@@ -33,7 +35,7 @@ def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> Val
         return None
     added = ingestion_properties(ctx)
     tail = b"," + _encode(added)[1:-1] + b',"$mp_event_size":'
-    scanned = _cleanbatch.check(body, shape == "json", ctx.endpoint == "track", ctx.now_ms, tail, _reserved(ctx))
+    scanned = _cleanbatch.check(body, shape == "json", ctx.endpoint == "track", ctx.now_ms, tail, _reserved(added))
     if scanned is None:
         return None
     count, *buffers, tokens = scanned
@@ -57,13 +59,14 @@ def accepts_every_event(texts: list[bytes], ctx: IngestContext) -> bool:
     if _cleanbatch is None or not texts:
         return False
     body = b"[" + b",".join(texts) + b"]"
-    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", _reserved(ctx)) is not None
+    reserved = _reserved(ingestion_properties(ctx))
+    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", reserved) is not None
 
 
-def _reserved(ctx: IngestContext) -> tuple[bytes, ...]:
-    return tuple(key.encode() for key in (*ingestion_properties(ctx), "$mp_event_size"))
+def _reserved(added: dict[str, Any]) -> tuple[bytes, ...]:
+    """The keys the server sets: an event that has one already goes the Python way."""
+    return tuple(key.encode() for key in (*added, "$mp_event_size"))
 
 
 def _strings(count: int, offsets: bytes, data: bytes) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-

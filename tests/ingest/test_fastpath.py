@@ -276,7 +276,8 @@ def test_generated_bodies_often_take_the_compiled_path() -> None:
     accepted = 0
     total = 0
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
+              derandomize=True)
     @given(_bodies())
     def count(case: tuple[bytes, str]) -> None:
         nonlocal accepted, total
