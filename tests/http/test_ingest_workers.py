@@ -7,6 +7,7 @@ kill one, and check that the next request is still answered and stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import signal
@@ -32,13 +33,21 @@ NDJSON_GZIP = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip
 def children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(child) for child in (task / "children").read_text().split())
+        with contextlib.suppress(OSError):  # a thread that ended after it was listed
+            found.update(int(child) for child in (task / "children").read_text().split())
     return found
 
 
 def ingest_workers(pid: int) -> set[int]:
     """The pool's processes (not multiprocessing's resource tracker, also a child)."""
-    return {child for child in children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
+    return {child for child in children(pid) if b"spawn_main" in cmdline(child)}
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it ended after it was listed
+        return b""
 
 
 def cpu_ticks(pid: int) -> int:
@@ -116,9 +125,10 @@ def test_a_killed_worker_costs_no_request(pooled: Server) -> None:
     pid = pooled.process.pid
     project = pooled.new_project()
     assert post(pooled, project, batch(1500, "first")).status_code == 200
-    wait_for(lambda: len(children(pid)) >= 2)
-    for child in children(pid):
-        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: len(ingest_workers(pid)) == 2)
+    for worker in ingest_workers(pid):
+        with contextlib.suppress(ProcessLookupError):  # it ended after it was listed
+            os.kill(worker, signal.SIGKILL)
     marker = uuid.uuid4().hex[:8]
     answer = post(pooled, project, batch(1500, marker))
     assert answer.status_code == 200, answer.text
@@ -136,13 +146,7 @@ def test_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
     assert len(workers) == 2
     server.kill()
 
-    def running(pid: int) -> bool:
-        try:
-            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:  # gone
-            return False
-
-    wait_for(lambda: not any(running(pid) for pid in workers), timeout=10)
+    wait_for(lambda: not any(b"spawn_main" in cmdline(pid) for pid in workers), timeout=10)
 
 
 def test_ingest_processes_zero_checks_everything_inline(tmp_path: Path) -> None:
@@ -163,9 +167,9 @@ def test_workers_refuse_broken_and_oversized_bodies_as_inline_checking_does(pool
     try:
         assert pooled.process is not None
         pid = pooled.process.pid
-        wait_for(lambda: len(children(pid)) >= 2)
+        wait_for(lambda: len(ingest_workers(pid)) == 2)
         time.sleep(3)  # the workers are ready
-        workers = children(pid)
+        workers = ingest_workers(pid)
         events = gzip.compress(b"\n".join(msgspec.json.encode(e) for e in batch(2000, "cut")))
         assert len(events) // 2 * 8 > 32 * 1024  # even the cut-off body goes to a worker
         bodies = {
@@ -189,7 +193,7 @@ def test_workers_refuse_broken_and_oversized_bodies_as_inline_checking_does(pool
         })
         assert answers[pooled.url, "truncated"][0] == 400
         assert answers[pooled.url, "not gzip"][1]["error"] == "request body is not valid gzip"
-        assert children(pid) == workers, "no worker died of a bad body"
+        assert ingest_workers(pid) == workers, "no worker died of a bad body"
     finally:
         inline.stop()
 
