@@ -1,11 +1,17 @@
 """The embedded default store: one DuckDB file, an ingest log in front, group commit.
 
-Deduplication is exact and cheap: each event's key (project, event, distinct_id, time,
-$insert_id) is hashed inside DuckDB to a 128-bit number that is the table's only primary
-key, and a conflicting insert replaces the stored row, so the most recently ingested copy
-wins. Fields are length-prefixed before hashing, so two different keys can only share a
-hash by an MD5 collision of 128 bits (about one in 10^20 for a billion events), not by any
-arrangement of the fields. One narrow key costs a fraction of a five-column primary key.
+Deduplication is exact and cheap. Every stored row has a `seq`, a number the writer gives
+it; an in-memory index (eventkeep.store.key_index) maps the MD5 of each event's key
+(project, event, distinct_id, time, $insert_id) to the `seq` of its stored row. The writer
+hashes a batch's keys in DuckDB, looks them up in the index in one vectorised pass, and
+appends the new events to a table with no primary key: DuckDB's index (ART) had cost as
+much per row as the rest of the insert. A re-sent event replaces its stored copy (the
+row is deleted by its `seq` in the transaction that appends the new copy), so the most
+recently ingested copy wins. Fields are length-prefixed before hashing, so two different
+keys can only share a hash by an MD5 collision of 128 bits (about one in 10^20 for a
+billion events), not by any arrangement of the fields. The index lives in memory only:
+after a start it is rebuilt from the table (at the writer's first idle second, or before
+a recovery's first write), so what is on disk is always the truth.
 
 Durability: a batch's future resolves once the group it was logged with is synced in the
 ingest log (eventkeep.store.ingest_log). One writer thread applies logged groups to DuckDB in
@@ -30,6 +36,7 @@ from typing import Any
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,16 +46,17 @@ from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
 from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.group_commit import GroupCommitter
 from eventkeep.store.ingest_log import IngestLog
+from eventkeep.store.key_index import KeyIndex
 from eventkeep.store.writes import ProfileWork, queue_profile_updates
 
 log = logging.getLogger("eventkeep.store.duckdb")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS eventkeep_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS events (
-    key UHUGEINT PRIMARY KEY,
+    seq BIGINT NOT NULL,
     project_id INTEGER NOT NULL,
     event VARCHAR NOT NULL,
     distinct_id VARCHAR NOT NULL,
@@ -65,14 +73,34 @@ KEY_SQL = (
     "strlen(distinct_id)::VARCHAR, distinct_id, time_ms::VARCHAR, insert_id))"
 )
 
-INSERT_SQL = f"""
+
+
+def _key_halves_sql(source: str) -> str:
+    """Each row's key as two 64-bit halves, with its seq, for the index: one MD5 per row
+    (md5_number_upper and md5_number_lower would hash twice)."""
+    return (
+        "SELECT (h >> 64)::UBIGINT AS high, (h & 18446744073709551615::UHUGEINT)::UBIGINT AS low, seq "
+        f"FROM (SELECT seq, {KEY_SQL} AS h FROM {source})"
+    )
+
+
+INSERT_SQL = """
 INSERT INTO events
-SELECT {KEY_SQL}, project_id, event, distinct_id, time_ms, insert_id, $ingested_ms, properties
+SELECT seq, project_id, event, distinct_id, time_ms, insert_id, $ingested_ms, properties
 FROM incoming
-ON CONFLICT (key) DO UPDATE SET
-    properties = excluded.properties,
-    ingested_ms = excluded.ingested_ms
 """
+
+# Version 1 kept the key itself as a UHUGEINT primary key; version 2 numbers the rows.
+MIGRATE_FROM_V1_SQL = """
+CREATE TABLE events_v2 AS
+SELECT rowid + 1 AS seq, project_id, event, distinct_id, time_ms, insert_id, ingested_ms, properties
+FROM events;
+DROP TABLE events;
+ALTER TABLE events_v2 RENAME TO events;
+ALTER TABLE events ALTER seq SET NOT NULL;
+UPDATE eventkeep_meta SET value = '2' WHERE key = 'schema_version';
+"""
+
 
 # User and group profiles (spec §4): `kind` is "user" or "group:<group key>"; `properties`
 # is the profile's JSON object. Written only by the writer thread, which reads, applies and
@@ -103,6 +131,10 @@ WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
 # writer to checkpoint under full load (up to 2 s) without requests noticing, and a bound
 # on memory (about 200 MB of rows).
 MAX_UNAPPLIED_ROWS = 400_000
+# The key index doubles when a write would fill it past 70 %; at idle moments it doubles
+# earlier, past this share, so that under bursty load the doubling rarely holds a write.
+IDLE_GROW_SHARE = 0.55
+
 # Past this backlog, logging slows to the writer's own pace (see _pace), so that under
 # sustained load the backlog settles near twice this and keeps room for a checkpoint.
 PACE_FROM_ROWS = 100_000
@@ -143,6 +175,7 @@ class DuckDBStore:
             "INSERT INTO eventkeep_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
         )
+        self._migrate()
         self._read_lock = threading.Lock()
         # Events are acknowledged once in the ingest log (see eventkeep.store.ingest_log);
         # one writer then applies them, and profile updates, to DuckDB, so that their
@@ -153,6 +186,8 @@ class DuckDBStore:
         self._applied_seq = self._read_applied_seq()
         self._log.last_seq = max(self._log.last_seq, self._applied_seq)
         self._seconds_per_row = 0.0  # the writer's recent pace, checkpoints included
+        self._keys: KeyIndex | None = None  # the writer's; built before its first write
+        self._next_seq = 0
         self._recover()
         self._writer: GroupCommitter[_WriterItem] = GroupCommitter(
             self._commit_any, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
@@ -162,6 +197,28 @@ class DuckDBStore:
         self._logger: GroupCommitter[tuple[int, ValidBatch]] = GroupCommitter(
             self._log_batches, name="eventkeep-ingest-log"
         )
+
+    def _migrate(self) -> None:
+        """Bring a file written by an earlier version to SCHEMA_VERSION, in one transaction."""
+        # fetchall(), here and on the writer's connection throughout: a result fetched only
+        # in part keeps DuckDB from registering Arrow tables on the connection.
+        rows = self._con.execute("SELECT value FROM eventkeep_meta WHERE key = 'schema_version'").fetchall()
+        version = int(rows[0][0]) if rows else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"{self.path} was written by a newer eventkeep (schema {version}; this one knows {SCHEMA_VERSION})"
+            )
+        if version == 1:
+            started = time.monotonic()
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                self._con.execute(MIGRATE_FROM_V1_SQL)
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("CHECKPOINT")
+            log.info("events table upgraded to schema 2 in %.1fs", time.monotonic() - started)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -242,18 +299,29 @@ class DuckDBStore:
         con = self._con
         rows = _latest_rows(pa.concat_tables([entry.rows for entry in logged]))
         last_seq = logged[-1].seq
-        con.execute("BEGIN TRANSACTION")
+        keys = self._key_index()
+        seqs = np.arange(self._next_seq, self._next_seq + rows.num_rows, dtype=np.int64)
+        con.register("incoming", rows.append_column("seq", pa.array(seqs)))
         try:
-            con.register("incoming", rows)
-            con.execute(INSERT_SQL, {"ingested_ms": int(time.time() * 1000)})
-            con.execute(
-                "INSERT INTO eventkeep_meta VALUES ('ingest_log_applied', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [str(last_seq)],
-            )
-            con.execute("COMMIT")
+            replaced = keys.upsert(*_key_halves(con, "incoming"))  # now ahead of the table
+            self._next_seq += rows.num_rows
+            superseded = replaced[replaced != 0]
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if len(superseded):
+                    _delete_seqs(con, superseded)
+                con.execute(INSERT_SQL, {"ingested_ms": int(time.time() * 1000)})
+                con.execute(
+                    "INSERT INTO eventkeep_meta VALUES ('ingest_log_applied', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [str(last_seq)],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         except BaseException:
-            con.execute("ROLLBACK")
+            self._keys = None  # it may have run ahead of the table: rebuilt before next use
             raise
         finally:
             con.unregister("incoming")
@@ -262,9 +330,29 @@ class DuckDBStore:
             self._applied.notify_all()
         self._log.release(last_seq)
 
+    def _key_index(self) -> KeyIndex:
+        """The index of stored keys, built from the table when first needed: at the writer's
+        first idle second after a start, or by a write (a recovery) before that."""
+        if self._keys is not None:
+            return self._keys
+        started = time.monotonic()
+        cursor = self._con.cursor()
+        try:
+            [(count, top)] = cursor.execute("SELECT count(*), coalesce(max(seq), 0) FROM events").fetchall()
+            keys = KeyIndex(expected=int(count))
+            if count:
+                for part in cursor.sql(_key_halves_sql("events")).to_arrow_reader(1 << 20):
+                    keys.upsert(*(column.to_numpy() for column in part.columns))
+        finally:
+            cursor.close()
+        self._keys, self._next_seq = keys, int(top) + 1
+        if count:
+            log.info("indexed %d stored event keys in %.1fs", count, time.monotonic() - started)
+        return keys
+
     def _read_applied_seq(self) -> int:
-        row = self._con.execute("SELECT value FROM eventkeep_meta WHERE key = 'ingest_log_applied'").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._con.execute("SELECT value FROM eventkeep_meta WHERE key = 'ingest_log_applied'").fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def _recover(self) -> None:
         """Apply what the log holds beyond what DuckDB recorded (after a crash)."""
@@ -430,10 +518,14 @@ class DuckDBStore:
     def _checkpoint_if_idle(self) -> None:
         """Idle-time work of the writer: one step of clustering by time (which checkpoints
         at the end of a pass, to vacuum the moved rows' old slots), then a checkpoint if the
-        log has grown. See eventkeep/store/duckdb_cluster.py."""
+        log has grown (see eventkeep/store/duckdb_cluster.py); the key index is built, or
+        grown, here rather than in a write."""
         from eventkeep.store.duckdb_cluster import clustering_of
 
         clustering_of(self).run_idle(self._con, self._checkpoint)
+        keys = self._key_index()  # built ahead of the first write after a start
+        if keys.grow_if_fuller_than(IDLE_GROW_SHARE):
+            log.info("event key index grown to %d slots", keys.slots)
         if self._wal_size() > WAL_CHECKPOINT_IDLE_BYTES:
             self._checkpoint()
 
@@ -548,8 +640,8 @@ class DuckDBStore:
 
     def _window_budget(self) -> int:
         """Bytes of lines one export window may sort: a third of what DuckDB's memory limit
-        leaves beside the deduplication index (a window of 87 MB of lines still sorted
-        under a 128 MB limit, 110 MB did not), at most WINDOW_MAX_BYTES."""
+        leaves beside its indexes (the profiles' primary key; a window of 87 MB of lines
+        still sorted under a 128 MB limit, 110 MB did not), at most WINDOW_MAX_BYTES."""
         from eventkeep.store.duckdb_cluster import memory_limit_bytes
 
         cursor = self._con.cursor()  # the writer thread may be using the connection
@@ -647,6 +739,31 @@ class DuckDBStore:
         finally:
             self._con.close()
             self._log.close()
+
+
+def _key_halves(con: duckdb.DuckDBPyConnection, source: str) -> tuple[Any, Any, Any]:
+    """(high, low, seq) of each row of `source`, in whatever order DuckDB returns them."""
+    halves = con.execute(_key_halves_sql(source)).fetchnumpy()
+    return (
+        np.asarray(halves["high"], np.uint64),
+        np.asarray(halves["low"], np.uint64),
+        np.asarray(halves["seq"], np.int64),
+    )
+
+
+def _delete_seqs(con: duckdb.DuckDBPyConnection, seqs: Any) -> None:
+    """Delete the rows with these seqs. The range lets DuckDB skip the row groups outside
+    it (seqs grow with the table, so retries of recent events touch only its end)."""
+    con.register("superseded", pa.table({"seq": pa.array(seqs)}))
+    try:
+        [(deleted,)] = con.execute(
+            f"DELETE FROM events WHERE seq BETWEEN {int(seqs.min())} AND {int(seqs.max())} "
+            "AND seq IN (SELECT seq FROM superseded)"
+        ).fetchall()
+    finally:
+        con.unregister("superseded")
+    if int(deleted) != len(seqs):
+        raise RuntimeError(f"replacing {len(seqs)} re-sent events deleted {deleted} rows")
 
 
 def _profile_keys_table(keys: list[tuple[int, str, str]]) -> pa.Table:

@@ -12,15 +12,15 @@ the same rows are stored in time order.
 What: when the writer has been idle for a second, it looks at how the rows of each time
 range are spread over the table and moves one scattered range (up to `step_rows()` rows)
 to the end of the table, sorted by (time_ms, insert_id), in one transaction: the rows are
-copied to a temporary table, deleted, and inserted again with the same keys. A range is
+copied to a temporary table, deleted, and inserted again with the same `seq`s. A range is
 scattered when the vectors whose [min, max] time overlaps its histogram buckets are more
 than `SCATTER_FACTOR` times as many as its rows need. Ranges go in time order, so after a
 pass the moved rows are stored in time order; ranges already laid out well stay put.
 
 Cost and bounds (5M benchmark events, 2 cores):
 - Steps run on the writer thread, between its transactions, so they never race a write
-  and deduplication stays exact: a moved row keeps its 128-bit key and a later copy of the
-  event finds it through the primary key as before. Events are acknowledged once in the
+  and deduplication stays exact: a moved row keeps its `seq`, which the key index points
+  at, so a later copy of the event finds it as before. Events are acknowledged once in the
   ingest log, so a step (about 2 s for 250k rows) delays only their application. Steps
   run only after a second without writes and never alongside an export (both would
   compete for the memory limit and the cores): an export that starts during a step waits
@@ -76,7 +76,7 @@ _UNITS = {"bytes": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 10
 
 def memory_limit_bytes(con: Any) -> int | None:
     """DuckDB's memory limit in bytes, read from its display form ('122.0 MiB', '18.8 GiB')."""
-    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    [row] = con.execute("SELECT current_setting('memory_limit')").fetchall()
     match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(row[0])) if row else None
     if not match or match.group(2).lower() not in _UNITS:
         return None
@@ -100,7 +100,9 @@ def bucket_ms(span_ms: int, rows: int, target_rows: int) -> int:
 
 def scattered_ranges(con: Any, rows_per_range: int) -> list[tuple[int, int]]:
     """Consecutive time ranges [lo, hi) of about rows_per_range rows, the scattered ones only."""
-    total, low, high = con.execute("SELECT count(*), min(time_ms), max(time_ms) FROM events").fetchone()
+    # fetchall(): on the writer's connection, a result fetched only in part would keep the
+    # writer from registering its next batch.
+    [(total, low, high)] = con.execute("SELECT count(*), min(time_ms), max(time_ms) FROM events").fetchall()
     if total <= rows_per_range:
         return []  # exported in one window anyway
     width = bucket_ms(high - low + 1, total, rows_per_range)
@@ -145,8 +147,8 @@ def move_range(con: Any, lo: int, hi: int) -> int:
             f"SELECT * FROM events WHERE {where} ORDER BY time_ms, insert_id",
             params,
         )
-        deleted = con.execute(f"DELETE FROM events WHERE {where}", params).fetchone()[0]
-        inserted = con.execute("INSERT INTO events SELECT * FROM eventkeep_moving").fetchone()[0]
+        [(deleted,)] = con.execute(f"DELETE FROM events WHERE {where}", params).fetchall()
+        [(inserted,)] = con.execute("INSERT INTO events SELECT * FROM eventkeep_moving").fetchall()
         if deleted != inserted:
             raise RuntimeError(f"clustering would insert {inserted} rows for {deleted} deleted")
         con.execute("DROP TABLE eventkeep_moving")
@@ -218,7 +220,7 @@ class TimeClustering:
         return not self._plan
 
     def _make_plan(self, con: Any) -> bool:
-        version = con.execute("SELECT count(*), max(ingested_ms) FROM events").fetchone()
+        [version] = con.execute("SELECT count(*), max(ingested_ms) FROM events").fetchall()
         if version == self._settled:
             return False
         started = time.monotonic()

@@ -126,7 +126,7 @@ def test_dedup_stays_exact_after_clustering(store: DuckDBStore) -> None:
     for i in range(3000):
         expected = 3 if i % 5 == 0 else 2 if i % 7 == 0 else 1
         assert versions[f"id-{i}"] == expected, i
-    count, distinct = store._con.cursor().execute("SELECT count(*), count(DISTINCT key) FROM events").fetchone()
+    count, distinct = store._con.cursor().execute("SELECT count(*), count(DISTINCT seq) FROM events").fetchone()
     assert count == distinct == 3050
 
 
@@ -153,7 +153,7 @@ def con(small_steps: None) -> Iterator[duckdb.DuckDBPyConnection]:
     connection.execute(SCHEMA)
     connection.execute("""
         INSERT INTO events
-        SELECT i, 1, 'e', 'u', 1700000000000 + (hash(i) % 864000) * 1000, 'id' || i, 0, '{}'
+        SELECT i + 1, 1, 'e', 'u', 1700000000000 + (hash(i) % 864000) * 1000, 'id' || i, 0, '{}'
         FROM range(5000) AS t(i)
     """)
     yield connection
@@ -174,7 +174,7 @@ def test_idle_steps_move_one_range_at_a_time_then_settle(con: duckdb.DuckDBPyCon
     assert checkpoints == [len(plan) - 1]  # once, when the pass ends
     times = [row[0] for row in con.execute("SELECT time_ms FROM events ORDER BY rowid").fetchall()]
     assert times == sorted(times)
-    assert con.execute("SELECT count(*), count(DISTINCT key) FROM events").fetchone() == (5000, 5000)
+    assert con.execute("SELECT count(*), count(DISTINCT seq) FROM events").fetchone() == (5000, 5000)
     assert duckdb_cluster.scattered_ranges(con, 500) == []
     clustering._not_before = 0.0
     clustering.run_idle(con, lambda: checkpoints.append(-1))  # plans, finds nothing, remembers

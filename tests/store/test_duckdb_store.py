@@ -79,6 +79,78 @@ def test_events_persist_across_reopen(tmp_path: Path) -> None:
         second.close()
 
 
+def test_a_resent_event_replaces_its_copy_stored_before_a_restart(tmp_path: Path) -> None:
+    """The key index lives in memory: a reopened store rebuilds it from the table, whether
+    the first write comes before or after the writer's first idle second."""
+    path = tmp_path / "events.duckdb"
+    first = DuckDBStore(path)
+    first.append_sync(1, batch(ev("a", v=1), ev("b", v=1)))
+    first.close()
+    for version, wait in ((2, False), (3, True)):
+        store = DuckDBStore(path)
+        try:
+            if wait:
+                deadline = time.monotonic() + 10
+                while store._keys is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert store._keys is not None, "the index is built while the writer is idle"
+            store.append_sync(1, batch(ev("a", v=version), ev(f"new-{version}")))
+            stored = {e["properties"]["$insert_id"]: e["properties"].get("v") for e in lines(store)}
+            assert stored["a"] == version and stored["b"] == 1
+            assert store.count(ScanQuery(1)) == 2 + (version - 1)
+        finally:
+            store.close()
+
+
+SCHEMA_V1_EVENTS = """
+CREATE TABLE events_v1 (
+    key UHUGEINT PRIMARY KEY, project_id INTEGER NOT NULL, event VARCHAR NOT NULL,
+    distinct_id VARCHAR NOT NULL, time_ms BIGINT NOT NULL, insert_id VARCHAR NOT NULL,
+    ingested_ms BIGINT NOT NULL, properties VARCHAR NOT NULL
+)"""
+
+
+def test_a_file_of_schema_1_is_upgraded_and_keeps_deduplicating(tmp_path: Path) -> None:
+    """Schema 1 kept each event's MD5 key as a primary key; schema 2 numbers the rows and
+    keeps the index in memory. The events, and their deduplication, carry over."""
+    from eventkeep.store.duckdb import KEY_SQL
+
+    path = tmp_path / "events.duckdb"
+    store = DuckDBStore(path)
+    store.append_sync(1, batch(ev("a", v=1), ev("b", v=1)))
+    store.append_sync(2, batch(ev("a", v=1)))
+    store.close()
+    con = duckdb.connect(str(path))  # rewrite the file as version 1 wrote it
+    con.execute(SCHEMA_V1_EVENTS)
+    con.execute(f"""INSERT INTO events_v1 SELECT {KEY_SQL}, project_id, event, distinct_id, time_ms,
+                    insert_id, ingested_ms, properties FROM events""")
+    con.execute("DROP TABLE events; ALTER TABLE events_v1 RENAME TO events")
+    con.execute("UPDATE eventkeep_meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+
+    upgraded = DuckDBStore(path)
+    try:
+        [(version,)] = upgraded._con.cursor().execute(
+            "SELECT value FROM eventkeep_meta WHERE key = 'schema_version'").fetchall()
+        assert version == "2"
+        upgraded.append_sync(1, batch(ev("a", v=2), ev("c", v=2)))
+        upgraded.append_sync(2, batch(ev("a", v=2)))
+        assert {e["properties"]["$insert_id"]: e["properties"]["v"] for e in lines(upgraded)} == {"a": 2, "b": 1, "c": 2}
+        assert [e["properties"]["v"] for e in lines(upgraded, 2)] == [2]
+    finally:
+        upgraded.close()
+
+
+def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.duckdb"
+    DuckDBStore(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE eventkeep_meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreUnavailable, match="newer eventkeep"):
+        DuckDBStore(path)
+
+
 def test_strings_are_stored_in_zstd_and_a_checkpoint_leaves_the_threads_as_they_were(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,7 +254,7 @@ def test_a_failing_apply_loses_nothing_and_is_applied_at_the_next_start(tmp_path
     reopened = DuckDBStore(tmp_path / "events.duckdb")
     try:
         assert sorted(line["properties"]["$insert_id"] for line in lines(reopened)) == ["a", "b", "before"]
-        reopened.append_sync(1, batch(ev("c")))
+        reopened.append_sync(1, batch(ev("c"), ev("a", v=2)))  # "a" is found, not doubled
         assert reopened.count(ScanQuery(1)) == 4
     finally:
         reopened.close()

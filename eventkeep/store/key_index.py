@@ -1,0 +1,108 @@
+"""An exact in-memory index from each stored event's 128-bit key to its row's `seq`.
+
+Why: DuckDB's primary key made deduplication exact, but its index (ART) cost about as
+much per row as everything else the writer does (10 µs per row with it, 5.6 without, on
+the benchmark's events). This index does the same job for the DuckDB store in vectorised
+numpy: one open-addressing hash table (linear probing) of the MD5 of each event's key
+fields, split in two 64-bit halves, mapping to the stored row's `seq`, a number the
+writer gives every row it stores. An upsert tells the writer which stored rows a batch
+replaces, so that it deletes exactly those (by `seq`) in the same transaction as it
+inserts the new copies.
+
+The index lives only in memory: the store rebuilds it from the table (one scan, hashing
+in DuckDB) before its first write after a start, so what is on disk is always the truth.
+Memory: 24 bytes per slot, at most 70 % full, so 34 to 69 bytes per stored event.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_LOAD = 0.7
+MIN_SLOTS = 1 << 16
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+
+class KeyIndex:
+    """Key (two uint64 halves) -> seq (int64 > 0). Not thread-safe: the writer's own."""
+
+    def __init__(self, expected: int = 0) -> None:
+        slots = MIN_SLOTS
+        while slots * MAX_LOAD < expected:
+            slots *= 2
+        self._allocate(slots)
+        self.count = 0
+
+    def _allocate(self, slots: int) -> None:
+        self._mask = np.uint64(slots - 1)
+        self._high: U64 = np.zeros(slots, np.uint64)
+        self._low: U64 = np.zeros(slots, np.uint64)
+        self._seq: I64 = np.zeros(slots, np.int64)  # 0: an empty slot
+
+    @property
+    def slots(self) -> int:
+        return len(self._seq)
+
+    def upsert(self, high: U64, low: U64, seq: I64) -> I64:
+        """Point each key at its new seq; return the seq each replaced (0 where new).
+
+        Keys must be distinct within one call (the store resolves repeats in a batch
+        first), and seqs must be > 0.
+        """
+        if len(seq) and int(seq.min()) <= 0:
+            raise ValueError("seq must be positive")
+        while (self.count + len(seq)) > MAX_LOAD * self.slots:
+            self._grow()
+        replaced = self._place(high, low, seq)
+        self.count += int(np.count_nonzero(replaced == 0))
+        return replaced
+
+    def grow_if_fuller_than(self, share: float) -> bool:
+        """Double now if more than `share` of the slots are used. For idle moments: a
+        doubling re-places every key (about 0.3 µs each), and one that a write triggers
+        holds that write for as long."""
+        if self.count <= share * self.slots:
+            return False
+        self._grow()
+        return True
+
+    def _grow(self) -> None:
+        used = np.flatnonzero(self._seq)
+        high, low, seq = self._high[used], self._low[used], self._seq[used]
+        self._allocate(self.slots * 2)
+        self._place(high, low, seq)
+
+    def _place(self, high: U64, low: U64, seq: I64) -> I64:
+        """Vectorised linear probing: each round, every key still looking compares itself
+        with its current slot; equal keys take the new seq, keys at an empty slot claim it
+        (one per slot per round), the others move one slot on."""
+        replaced = np.zeros(len(seq), np.int64)
+        slot = low & self._mask  # MD5 bits: uniform already
+        looking = np.arange(len(seq))
+        while len(looking):
+            at = slot[looking]
+            held = self._seq[at]
+            empty = held == 0
+            equal = ~empty & (self._high[at] == high[looking]) & (self._low[at] == low[looking])
+            if equal.any():
+                found = looking[equal]
+                replaced[found] = held[equal]
+                self._seq[at[equal]] = seq[found]
+            if empty.any():
+                # Every claimer writes its seq into its slot; the one whose seq stays there
+                # has it (seqs are distinct), the others look at the slot again next round.
+                claim_at, claimers = at[empty], looking[empty]
+                self._seq[claim_at] = seq[claimers]
+                won = self._seq[claim_at] == seq[claimers]
+                self._high[claim_at[won]] = high[claimers[won]]
+                self._low[claim_at[won]] = low[claimers[won]]
+                retry = claimers[~won]
+            else:
+                retry = looking[:0]
+            moving = looking[~empty & ~equal]
+            slot[moving] = (slot[moving] + np.uint64(1)) & self._mask
+            looking = np.concatenate((moving, retry))
+        return replaced

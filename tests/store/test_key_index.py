@@ -1,0 +1,48 @@
+"""The key index against a plain dict: same answers over any sequence of upserts."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventkeep.store.key_index import MIN_SLOTS, KeyIndex
+
+# Few distinct halves, so that keys collide in their slot (low bits) and share a half.
+halves = st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1, MIN_SLOTS, 2 * MIN_SLOTS])
+keys = st.tuples(halves, halves)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(keys, max_size=60, unique=True), max_size=12))
+def test_upserts_answer_like_a_dict(calls: list[list[tuple[int, int]]]) -> None:
+    index, model, seq = KeyIndex(), {}, 1
+    for call in calls:
+        high = np.array([k[0] for k in call], np.uint64)
+        low = np.array([k[1] for k in call], np.uint64)
+        seqs = np.arange(seq, seq + len(call), dtype=np.int64)
+        seq += len(call)
+        replaced = index.upsert(high, low, seqs)
+        assert replaced.tolist() == [model.get(k, 0) for k in call]
+        model.update(zip(call, seqs.tolist(), strict=True))
+        assert index.count == len(model)
+
+
+def test_it_grows_and_keeps_every_key() -> None:
+    rng = np.random.default_rng(7)
+    count = 3 * MIN_SLOTS  # several doublings
+    high = rng.integers(0, 2**64, count, dtype=np.uint64)
+    low = rng.integers(0, 2**64, count, dtype=np.uint64) & np.uint64(0x3FFFF)  # crowded: three keys for every four slots of a 2^18 range
+    index = KeyIndex()
+    for start in range(0, count, 10_000):
+        part = slice(start, start + 10_000)
+        seqs = np.arange(start + 1, min(start + 10_000, count) + 1, dtype=np.int64)
+        assert not index.upsert(high[part], low[part], seqs).any()
+    assert index.slots > MIN_SLOTS and index.count == count
+    again = index.upsert(high, low, np.arange(count + 1, 2 * count + 1, dtype=np.int64))
+    assert again.tolist() == list(range(1, count + 1))
+    assert index.count == count
+
+
+def test_a_sized_index_starts_large_enough() -> None:
+    assert KeyIndex(expected=10 * MIN_SLOTS).slots * 0.7 >= 10 * MIN_SLOTS
