@@ -332,7 +332,7 @@ class DuckDBStore:
 
     def _key_index(self) -> KeyIndex:
         """The index of stored keys, built from the table when first needed: at the writer's
-        first idle second after a start, or by a write (a recovery) before that."""
+        first idle second after a start with no export running, or by a write before that."""
         if self._keys is not None:
             return self._keys
         started = time.monotonic()
@@ -522,10 +522,12 @@ class DuckDBStore:
         grown, here rather than in a write."""
         from eventkeep.store.duckdb_cluster import clustering_of
 
-        clustering_of(self).run_idle(self._con, self._checkpoint)
-        keys = self._key_index()  # built ahead of the first write after a start
-        if keys.grow_if_fuller_than(IDLE_GROW_SHARE):
-            log.info("event key index grown to %d slots", keys.slots)
+        clustering = clustering_of(self)
+        clustering.run_idle(self._con, self._checkpoint)
+        if not clustering.exporting:  # an export's memory and the index's, not both at once
+            keys = self._key_index()  # built ahead of the first write after a start
+            if keys.grow_if_fuller_than(IDLE_GROW_SHARE):
+                log.info("event key index grown to %d slots", keys.slots)
         if self._wal_size() > WAL_CHECKPOINT_IDLE_BYTES:
             self._checkpoint()
 

@@ -184,6 +184,11 @@ class TimeClustering:
             with self._lock:
                 self._readers -= 1
 
+    @property
+    def exporting(self) -> bool:
+        with self._lock:
+            return self._readers > 0
+
     def request_full_pass(self) -> Future[int]:
         future: Future[int] = Future()
         with self._lock:

@@ -102,6 +102,28 @@ def test_a_resent_event_replaces_its_copy_stored_before_a_restart(tmp_path: Path
             store.close()
 
 
+def test_the_index_is_built_at_idle_only_once_no_export_runs(tmp_path: Path) -> None:
+    """A server started to export does not hold the export's memory and the index's at
+    once: the writer builds the index at an idle second without an export."""
+    path = tmp_path / "events.duckdb"
+    first = DuckDBStore(path)
+    first.append_sync(1, batch(ev("a"), ev("b")))
+    first.close()
+    store = DuckDBStore(path)
+    try:
+        chunks = store.export_lines(ScanQuery(1))
+        next(chunks)  # the export is under way, and holds its place
+        time.sleep(2.5)  # two of the writer's idle seconds
+        assert store._keys is None
+        list(chunks)  # the export ends
+        deadline = time.monotonic() + 10
+        while store._keys is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store._keys is not None and store._keys.count == 2
+    finally:
+        store.close()
+
+
 SCHEMA_V1_EVENTS = """
 CREATE TABLE events_v1 (
     key UHUGEINT PRIMARY KEY, project_id INTEGER NOT NULL, event VARCHAR NOT NULL,
