@@ -592,8 +592,8 @@ class DuckDBStore:
         first leaves (about 0.9 GB for a million events), and under a memory limit DuckDB
         spills the sort at about 145k events/s. Instead, consecutive time windows, chosen
         from a histogram of `time_ms`, each sort only their own rows in memory, so memory
-        stays flat however long the export. A window's lines may take a third of DuckDB's
-        memory limit, at most 64 MB (`_window_budget`: ~87k events of the benchmark's size
+        stays flat however long the export. A window's lines may take a quarter of DuckDB's
+        memory limit, at most 64 MB (`_window_budget`: ~65k events of the benchmark's size
         under a 128 MB limit), and `rows_per_window` if given.
 
         A window's filter on `time_ms` is cheap only if the table is stored roughly in time
@@ -641,9 +641,11 @@ class DuckDBStore:
                 yield b"".join(pending)
 
     def _window_budget(self) -> int:
-        """Bytes of lines one export window may sort: a third of what DuckDB's memory limit
+        """Bytes of lines one export window may sort: a quarter of what DuckDB's memory limit
         leaves beside its indexes (the profiles' primary key; a window of 87 MB of lines
-        still sorted under a 128 MB limit, 110 MB did not), at most WINDOW_MAX_BYTES."""
+        still sorted under a 128 MB limit, 110 MB did not; a third, against a quarter, took
+        the 1M export's peak RSS from 287 to 296 MB at the same speed), at most
+        WINDOW_MAX_BYTES."""
         from eventkeep.store.duckdb_cluster import memory_limit_bytes
 
         cursor = self._con.cursor()  # the writer thread may be using the connection
@@ -657,7 +659,7 @@ class DuckDBStore:
         if limit is None:
             return self.WINDOW_MAX_BYTES
         free = limit - (int(row[0]) if row else 0)
-        return max(self.WINDOW_MIN_BYTES, min(self.WINDOW_MAX_BYTES, free // 3))
+        return max(self.WINDOW_MIN_BYTES, min(self.WINDOW_MAX_BYTES, free // 4))
 
     def _windows(
         self, query: ScanQuery, window_rows: Callable[[], int]

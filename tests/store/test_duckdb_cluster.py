@@ -259,6 +259,6 @@ def test_export_windows_are_sized_from_memory(store: DuckDBStore, monkeypatch: p
 def test_export_windows_fit_the_memory_limit(tmp_path: Path) -> None:
     small = DuckDBStore(tmp_path / "small.duckdb", memory_limit="96MB")
     try:
-        assert 20 * 1024**2 < small._window_budget() < 31 * 1024**2  # a third of 91.5 MiB
+        assert 20 * 1024**2 < small._window_budget() < 24 * 1024**2  # a quarter of 91.5 MiB
     finally:
         small.close()
