@@ -38,7 +38,6 @@ import duckdb
 import msgspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from eventkeep.errors import RecordError
 from eventkeep.ingest.batch import ValidBatch
@@ -297,13 +296,23 @@ class DuckDBStore:
 
     def _apply(self, logged: list[_LoggedRows]) -> None:
         con = self._con
-        rows = _latest_rows(pa.concat_tables([entry.rows for entry in logged]))
+        rows = pa.concat_tables([entry.rows for entry in logged])
         last_seq = logged[-1].seq
         keys = self._key_index()
-        seqs = np.arange(self._next_seq, self._next_seq + rows.num_rows, dtype=np.int64)
-        con.register("incoming", rows.append_column("seq", pa.array(seqs)))
+        first = self._next_seq
+        rows = rows.append_column("seq", pa.array(np.arange(first, first + rows.num_rows, dtype=np.int64)))
+        con.register("incoming", rows)
         try:
-            replaced = keys.upsert(*_key_halves(con, "incoming"))  # now ahead of the table
+            high, low, seq = _key_halves(con, "incoming")
+            superseded_here = superseded_in_batch(high, low, seq)
+            if superseded_here is not None:  # repeats within the group: the latest copy wins
+                kept = ~superseded_here
+                high, low, seq = high[kept], low[kept], seq[kept]
+                in_order = np.zeros(rows.num_rows, bool)
+                in_order[seq - first] = True
+                con.unregister("incoming")
+                con.register("incoming", rows.filter(pa.array(in_order)))
+            replaced = keys.upsert(high, low, seq)  # now ahead of the table
             self._next_seq += rows.num_rows
             superseded = replaced[replaced != 0]
             con.execute("BEGIN TRANSACTION")
@@ -812,30 +821,20 @@ def _with_project_ids(items: list[tuple[int, ValidBatch]]) -> pa.Table:
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def _latest_rows(rows: pa.Table) -> pa.Table:
-    """One row per key: the latest copy.
-
-    DuckDB's ON CONFLICT may apply either of two rows with the same key in one statement,
-    so repeats are resolved here. Only rows whose $insert_id occurs twice (found by hashing
-    the column in Arrow) are compared key by key.
-    """
-    insert_ids = rows.column("insert_id")
-    counts = pc.value_counts(insert_ids)
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated) == 0:
-        return rows
-    candidates = pc.indices_nonzero(pc.is_in(insert_ids, value_set=repeated)).to_pylist()
-    subset = rows.take(candidates)
-    keys = zip(*(subset.column(name).to_pylist() for name in _KEY_COLUMNS), strict=True)
-    latest = {key: row for row, key in zip(candidates, keys, strict=True)}
-    superseded = sorted(set(candidates) - set(latest.values()))
-    if not superseded:
-        return rows
-    drop = pc.is_in(pa.array(range(rows.num_rows), pa.int64()), value_set=pa.array(superseded, pa.int64()))
-    return rows.filter(pc.invert(drop))
-
-
-_KEY_COLUMNS = ("project_id", "event", "distinct_id", "time_ms", "insert_id")
+def superseded_in_batch(high: Any, low: Any, seq: Any) -> Any:
+    """Which rows a later row of the same group (higher seq, same key) supersedes, as a
+    mask; None when every key occurs once, the usual case. One sort of the low halves
+    finds the candidates; only those are compared whole."""
+    ordered = np.sort(low)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return None
+    candidates = np.flatnonzero(np.isin(low, repeated))
+    order = candidates[np.lexsort((seq[candidates], high[candidates], low[candidates]))]
+    followed_by_same_key = (low[order[1:]] == low[order[:-1]]) & (high[order[1:]] == high[order[:-1]])
+    superseded = np.zeros(len(low), bool)
+    superseded[order[:-1][followed_by_same_key]] = True
+    return superseded if superseded.any() else None
 
 
 def _with_project_id(project_id: int, rows: pa.Table) -> pa.Table:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import validate_updates
@@ -327,38 +331,43 @@ def test_windowed_export_keeps_global_order_bounds_and_limit(store: DuckDBStore)
     assert exported(inside) == [t for t in sorted(times) if base + hour + 4 <= t < base + 4 * hour + 6]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2**64 - 1]), st.sampled_from([0, 7, 2**63])), max_size=40))
+def test_repeats_within_a_group_leave_only_the_latest_copy(keys: list[tuple[int, int]]) -> None:
+    """Keys as (high, low) halves from a few values, so that halves repeat alone and together;
+    seqs shuffled, as DuckDB may return the rows in any order."""
+    from eventkeep.store.duckdb import superseded_in_batch
+
+    seqs = list(range(1, len(keys) + 1))
+    random.Random(len(keys)).shuffle(seqs)
+    latest: dict[tuple[int, int], int] = {}
+    for key, seq in zip(keys, seqs, strict=True):
+        latest[key] = max(seq, latest.get(key, 0))
+    mask = superseded_in_batch(
+        np.array([k[0] for k in keys], np.uint64), np.array([k[1] for k in keys], np.uint64),
+        np.array(seqs, np.int64),
+    )
+    expected = [latest[key] != seq for key, seq in zip(keys, seqs, strict=True)]
+    assert (mask is None and not any(expected)) or (mask is not None and mask.tolist() == expected)
+
+
 def test_one_commit_of_many_batches_keeps_the_latest_copy_of_each_key(store: DuckDBStore) -> None:
-    """Batches waiting together share one INSERT; DuckDB itself would apply repeats in any order."""
-    from eventkeep.store.duckdb import _latest_rows, _with_project_ids
-
-    def _rows_to_insert(items: list[tuple[int, ValidBatch]]) -> Any:
-        return _latest_rows(_with_project_ids(items))
-
+    """Batches waiting together share one INSERT: of repeats, the latest copy is stored."""
     first = batch(ev("a", v=1), ev("b", v=1), ev("same-id", t=1_700_000_000, v=1))
     second = batch(ev("a", v=2), ev("c", v=2), ev("same-id", t=1_700_000_001, v=2), ev("c", v=3))
     third = batch(ev("a", v=4))
-    rows = _rows_to_insert([(1, first), (1, second), (2, first), (1, third)])
-    kept = {(r["project_id"], r["insert_id"], r["time_ms"]): json.loads(r["properties"])["v"] for r in rows.to_pylist()}
-    assert kept == {
-        (1, "a", 1_700_000_000_000): 4,
-        (1, "b", 1_700_000_000_000): 1,
-        (1, "c", 1_700_000_000_000): 3,
-        (1, "same-id", 1_700_000_000_000): 1,  # same $insert_id, another time: another event
-        (1, "same-id", 1_700_000_001_000): 2,
-        (2, "a", 1_700_000_000_000): 1,
-        (2, "b", 1_700_000_000_000): 1,
-        (2, "same-id", 1_700_000_000_000): 1,
-    }
-    assert rows.num_rows == len(kept)
-    unique = batch(ev("x"), ev("y"))
-    assert _rows_to_insert([(1, unique)]).num_rows == 2
-
     # Through the store: logged together, applied together, latest wins.
     futures = [store._logger.submit((5, b), len(b)) for b in (first, second, third)]
     for future in futures:
         future.result()
-    assert {line["properties"]["$insert_id"]: line["properties"]["v"] for line in lines(store, 5)
-            if line["properties"]["time"] == 1_700_000_000} == {"a": 4, "b": 1, "c": 3, "same-id": 1}
+    stored = [(line["properties"]["$insert_id"], line["properties"]["time"], line["properties"]["v"])
+              for line in lines(store, 5)]
+    assert sorted(stored) == [("a", 1_700_000_000, 4), ("b", 1_700_000_000, 1), ("c", 1_700_000_000, 3),
+                              ("same-id", 1_700_000_000, 1), ("same-id", 1_700_000_001, 2)]
+    futures = [store._logger.submit((6, b), len(b)) for b in (first, first)]  # a group of repeats only
+    for future in futures:
+        future.result()
+    assert sorted(line["properties"]["$insert_id"] for line in lines(store, 6)) == ["a", "b", "same-id"]
 
 
 def test_a_failed_log_write_is_refused_and_later_entries_stay_recoverable(
