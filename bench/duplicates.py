@@ -1,10 +1,11 @@
 """Duplicates benchmark: what re-sent events cost the embedded store.
 
 A re-sent event (same project, event, distinct_id, time and `$insert_id`) replaces the
-stored copy: the latest ingested copy wins (docs/decisions.md). DuckDB replaces a row in
-place, and replacing rows that a checkpoint has already written costs more than appending,
-the more so when they are scattered over the table. One server, four loads of N events each
-by N clients, with an idle pause after each (the writer checkpoints):
+stored copy: the latest ingested copy wins (docs/decisions.md). The writer deletes the
+stored row and appends the new copy, which costs more than appending alone, and where the
+stored copies lie (recent, or scattered over the table) decides how much DuckDB must touch.
+One server, four loads of N events each by N clients, with an idle pause after each (the
+writer checkpoints):
 
 1. N new events (the store's first N);
 2. N more new events: the reference, new events into a store of N;

@@ -10,8 +10,8 @@ row is deleted by its `seq` in the transaction that appends the new copy), so th
 recently ingested copy wins. Fields are length-prefixed before hashing, so two different
 keys can only share a hash by an MD5 collision of 128 bits (about one in 10^20 for a
 billion events), not by any arrangement of the fields. The index lives in memory only:
-after a start it is rebuilt from the table (at the writer's first idle second, or before
-a recovery's first write), so what is on disk is always the truth.
+after a start it is rebuilt from the table (at the writer's first idle second with no
+export running, or before its first write), so what is on disk is always the truth.
 
 Durability: a batch's future resolves once the group it was logged with is synced in the
 ingest log (eventkeep.store.ingest_log). One writer thread applies logged groups to DuckDB in
@@ -73,7 +73,6 @@ KEY_SQL = (
 )
 
 
-
 def _key_halves_sql(source: str) -> str:
     """Each row's key as two 64-bit halves, with its seq, for the index: one MD5 per row
     (md5_number_upper and md5_number_lower would hash twice)."""
@@ -99,7 +98,6 @@ ALTER TABLE events_v2 RENAME TO events;
 ALTER TABLE events ALTER seq SET NOT NULL;
 UPDATE eventkeep_meta SET value = '2' WHERE key = 'schema_version';
 """
-
 
 # User and group profiles (spec §4): `kind` is "user" or "group:<group key>"; `properties`
 # is the profile's JSON object. Written only by the writer thread, which reads, applies and
@@ -174,7 +172,11 @@ class DuckDBStore:
             "INSERT INTO eventkeep_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
         )
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._con.close()  # the file stays as it was, free for another version
+            raise
         self._read_lock = threading.Lock()
         # Events are acknowledged once in the ingest log (see eventkeep.store.ingest_log);
         # one writer then applies them, and profile updates, to DuckDB, so that their
