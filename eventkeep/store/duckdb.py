@@ -314,7 +314,10 @@ class DuckDBStore:
                 in_order[seq - first] = True
                 con.unregister("incoming")
                 con.register("incoming", rows.filter(pa.array(in_order)))
+            slots = keys.slots
             replaced = keys.upsert(high, low, seq)  # now ahead of the table
+            if keys.slots != slots:
+                log.info("event key index grown to %d slots during a write", keys.slots)
             self._next_seq += rows.num_rows
             superseded = replaced[replaced != 0]
             con.execute("BEGIN TRANSACTION")

@@ -46,3 +46,16 @@ def test_it_grows_and_keeps_every_key() -> None:
 
 def test_a_sized_index_starts_large_enough() -> None:
     assert KeyIndex(expected=10 * MIN_SLOTS).slots * 0.7 >= 10 * MIN_SLOTS
+
+
+def test_growing_early_keeps_every_key_and_only_past_the_share() -> None:
+    rng = np.random.default_rng(3)
+    count = int(0.6 * MIN_SLOTS)
+    high = rng.integers(0, 2**64, count, dtype=np.uint64)
+    low = rng.integers(0, 2**64, count, dtype=np.uint64)
+    index = KeyIndex()
+    index.upsert(high, low, np.arange(1, count + 1, dtype=np.int64))
+    assert not index.grow_if_fuller_than(0.65) and index.slots == MIN_SLOTS
+    assert index.grow_if_fuller_than(0.55) and index.slots == 2 * MIN_SLOTS
+    again = index.upsert(high, low, np.arange(count + 1, 2 * count + 1, dtype=np.int64))
+    assert again.tolist() == list(range(1, count + 1)) and index.count == count
