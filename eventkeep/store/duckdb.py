@@ -43,6 +43,7 @@ from eventkeep.errors import RecordError
 from eventkeep.ingest.batch import ValidBatch
 from eventkeep.ingest.profiles import ProfileUpdate, apply_checked
 from eventkeep.store.base import ScanQuery, StoreUnavailable
+from eventkeep.store.duckdb_cluster import bucket_ms, clustering_of, memory_limit_bytes, transaction
 from eventkeep.store.group_commit import GroupCommitter
 from eventkeep.store.ingest_log import IngestLog
 from eventkeep.store.key_index import KeyIndex
@@ -211,13 +212,8 @@ class DuckDBStore:
             )
         if version == 1:
             started = time.monotonic()
-            self._con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(self._con):
                 self._con.execute(MIGRATE_FROM_V1_SQL)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
             self._con.execute("CHECKPOINT")
             log.info("events table upgraded to schema 2 in %.1fs", time.monotonic() - started)
 
@@ -319,21 +315,16 @@ class DuckDBStore:
             if keys.slots != slots:
                 log.info("event key index grown to %d slots during a write", keys.slots)
             self._next_seq += rows.num_rows
-            superseded = replaced[replaced != 0]
-            con.execute("BEGIN TRANSACTION")
-            try:
-                if len(superseded):
-                    _delete_seqs(con, superseded)
+            replaced_rows = replaced[replaced != 0]
+            with transaction(con):
+                if len(replaced_rows):
+                    _delete_seqs(con, replaced_rows)
                 con.execute(INSERT_SQL, {"ingested_ms": int(time.time() * 1000)})
                 con.execute(
                     "INSERT INTO eventkeep_meta VALUES ('ingest_log_applied', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     [str(last_seq)],
                 )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
         except BaseException:
             self._keys = None  # it may have run ahead of the table: rebuilt before next use
             raise
@@ -415,13 +406,8 @@ class DuckDBStore:
         """Read, apply in queue order, write back: one transaction for every waiting request."""
         con = self._con
         try:
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 self._apply_profile_work(works)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
         except Exception as exc:
             log.exception("profile commit of %d requests failed", len(works))
             for work in works:
@@ -534,8 +520,6 @@ class DuckDBStore:
         at the end of a pass, to vacuum the moved rows' old slots), then a checkpoint if the
         log has grown (see eventkeep/store/duckdb_cluster.py); the key index is built, or
         grown, here rather than in a write."""
-        from eventkeep.store.duckdb_cluster import clustering_of
-
         clustering = clustering_of(self)
         clustering.run_idle(self._con, self._checkpoint)
         if not clustering.exporting:  # an export's memory and the index's, not both at once
@@ -552,8 +536,6 @@ class DuckDBStore:
         at once, so writes wait for it: for tools and benchmarks after a bulk load. A
         running server does the same in small steps while idle.
         """
-        from eventkeep.store.duckdb_cluster import clustering_of
-
         return clustering_of(self).request_full_pass().result(timeout)
 
     # -- reading -------------------------------------------------------------------------
@@ -622,8 +604,6 @@ class DuckDBStore:
         joined in chunks of about `bytes_per_chunk`, since each chunk costs a hop between
         threads in the HTTP layer. While an export runs, clustering steps wait.
         """
-        from eventkeep.store.duckdb_cluster import clustering_of
-
         self._caught_up()
         with clustering_of(self).reading():
             budget = self._window_budget()
@@ -660,8 +640,6 @@ class DuckDBStore:
         still sorted under a 128 MB limit, 110 MB did not; a third, against a quarter, took
         the 1M export's peak RSS from 287 to 296 MB at the same speed), at most
         WINDOW_MAX_BYTES."""
-        from eventkeep.store.duckdb_cluster import memory_limit_bytes
-
         cursor = self._con.cursor()  # the writer thread may be using the connection
         try:
             limit = memory_limit_bytes(cursor)
@@ -685,8 +663,6 @@ class DuckDBStore:
         hour, at least a second), so that a busy hour does not make one oversized window.
         The ranges meet end to end and keep the caller's bounds at both ends.
         """
-        from eventkeep.store.duckdb_cluster import bucket_ms
-
         coarse = replace(query, events=None, where=None, limit=None)
         where, params = self._filter(coarse)
         cursor = self._con.cursor()

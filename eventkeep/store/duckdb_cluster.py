@@ -74,6 +74,18 @@ _UNITS = {"bytes": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 10
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
+@contextmanager
+def transaction(con: Any) -> Iterator[None]:
+    """BEGIN, then COMMIT if the block ends normally, ROLLBACK if it raises (and re-raise)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 def memory_limit_bytes(con: Any) -> int | None:
     """DuckDB's memory limit in bytes, read from its display form ('122.0 MiB', '18.8 GiB')."""
     [row] = con.execute("SELECT current_setting('memory_limit')").fetchall()
@@ -140,8 +152,7 @@ def move_range(con: Any, lo: int, hi: int) -> int:
     """Rewrite the rows with lo <= time_ms < hi at the end of the table, in time order."""
     params = {"lo": lo, "hi": hi}
     where = "time_ms >= $lo AND time_ms < $hi"
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(
             "CREATE OR REPLACE TEMP TABLE eventkeep_moving AS "
             f"SELECT * FROM events WHERE {where} ORDER BY time_ms, insert_id",
@@ -152,10 +163,6 @@ def move_range(con: Any, lo: int, hi: int) -> int:
         if deleted != inserted:
             raise RuntimeError(f"clustering would insert {inserted} rows for {deleted} deleted")
         con.execute("DROP TABLE eventkeep_moving")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return int(inserted)
 
 
