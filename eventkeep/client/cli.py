@@ -22,6 +22,7 @@ from eventkeep.client.pull import Puller, PullError, PullOptions
 from eventkeep.client.sender import RetryPolicy
 from eventkeep.client.shape import ShapeOptions
 from eventkeep.client.sources import FORMATS, InputError, expand_inputs
+from eventkeep.collector import keep_freed_memory
 from eventkeep.ingest.limits import MAX_EVENTS_PER_REQUEST
 
 IMPORT_EPILOG = """\
@@ -254,6 +255,7 @@ def _emit(summary: Any, as_json: bool, stdout_taken: bool = False) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # this process is the tool's own, not a caller's
     inputs = list(args.inputs)
     if not inputs:
         if sys.stdin.isatty():
@@ -311,6 +313,7 @@ def _date(value: str, flag: str) -> dt.date:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    keep_freed_memory()
     try:
         connection = _connection(args)
         connection.auth_header("export")

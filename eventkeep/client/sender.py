@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from isal import igzip
 from eventkeep import __version__
 from eventkeep.client.checkpoint import Counts, Position
 from eventkeep.client.connection import Connection
+from eventkeep.client.transport import lean_transport_for
 
 USER_AGENT = f"eventkeep-import/{__version__}"
 FATAL_STATUSES = (401, 403, 404, 405)
@@ -81,12 +82,16 @@ class Batch:
 
     seq: int
     lines: list[bytes]
-    positions: list[Position]
+    positions: Sequence[Position]
     end: Position
     counts: Counts = field(default_factory=Counts)
+    # The lines joined by newlines, when the reader had them so already: the body as sent.
+    text: bytes | None = None
 
     @property
     def nbytes(self) -> int:
+        if self.text is not None:
+            return len(self.text) + 1
         return sum(len(line) for line in self.lines) + len(self.lines)
 
 
@@ -172,7 +177,7 @@ class Sender:
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             limits=limits,
-            transport=transport,
+            transport=transport or lean_transport_for(self._url),
             follow_redirects=False,
         )
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=self.concurrency)
@@ -222,7 +227,7 @@ class Sender:
                 outcome = Outcome(error=f"not sent: {self.fatal or 'stopped'}")
             else:
                 try:
-                    outcome = self._deliver(batch.lines)
+                    outcome = self._deliver(batch.lines, batch.text)
                 except Exception as exc:  # never lose a batch to a bug: it fails, resumably
                     outcome = Outcome(error=f"unexpected {type(exc).__name__}: {exc}")
             try:
@@ -246,10 +251,10 @@ class Sender:
         with self._pause_lock:
             self._resume_at = max(self._resume_at, time.monotonic() + seconds)
 
-    def _deliver(self, lines: list[bytes]) -> Outcome:
+    def _deliver(self, lines: list[bytes], text: bytes | None = None) -> Outcome:
         if not lines:
             return Outcome()
-        raw = b"\n".join(lines)
+        raw = b"\n".join(lines) if text is None else text
         body = igzip.compress(raw, compresslevel=1)
         attempt = 0
         while True:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import multiprocessing
@@ -47,7 +46,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from eventkeep.collector import tune_for_batches
+from eventkeep.collector import keep_freed_memory, tune_for_batches
 from eventkeep.ingest.batch import read_rows, write_rows
 from eventkeep.ingest.compression import is_compressed
 from eventkeep.ingest.pipeline import CheckedEvents, EventRequest, check_events
@@ -85,7 +84,7 @@ def _start_worker(pool_started: Any, shared_dir: Path | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(WORKER_NICENESS)
     tune_for_batches()
-    _keep_freed_memory()
+    keep_freed_memory()
     threading.Thread(target=_exit_with, args=(os.getppid(),), name="eventkeep-server-watch", daemon=True).start()
 
 
@@ -96,25 +95,6 @@ def _exit_with(server: int) -> None:
     while os.getppid() == server:
         time.sleep(WATCH_INTERVAL)
     os._exit(0)
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep the memory a request frees for the next one.
-
-    A worker allocates and frees the same few megabytes for every request. By default
-    glibc gives freed memory back to the system and maps large blocks afresh, so each
-    request paid again for the pages (as kernel time: half of it went, bench/RESULTS.md,
-    session 5). A worker now keeps up to 128 MB it has freed. Elsewhere than glibc this
-    does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_trim_threshold, 128 * 1024 * 1024)
-    mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest on 64-bit systems
 
 
 @dataclass(frozen=True, slots=True)

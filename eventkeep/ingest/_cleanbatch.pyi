@@ -1,3 +1,5 @@
+from typing import Literal, overload
+
 MAX_EVENTS: int
 MAX_STRING_CHARS: int
 MAX_ITEMS: int
@@ -6,7 +8,14 @@ MIN_TIME_MS: int
 MS_THRESHOLD: int
 TRACK_MAX_AGE_MS: int
 
+@overload
 def check(
-    body: bytes, array: bool, track: bool, now_ms: int, tail: bytes, reserved: tuple[bytes, ...], /
+    body: bytes | memoryview, array: bool, track: bool, now_ms: int, tail: bytes, reserved: tuple[bytes, ...],
+    columns: Literal[True] = ..., /,
 ) -> tuple[int, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[str | None] | None] | None: ...
+@overload
+def check(
+    body: bytes | memoryview, array: bool, track: bool, now_ms: int, tail: bytes, reserved: tuple[bytes, ...],
+    columns: Literal[False], /,
+) -> int | None: ...
 def encode_float(value: float, /) -> bytes: ...

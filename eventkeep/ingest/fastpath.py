@@ -53,6 +53,16 @@ def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> Val
     )
 
 
+def clean_lines(text: bytes, ctx: IngestContext) -> int | None:
+    """How many events the server's clean-batch path would take, as they are, from this
+    NDJSON text (None if not every one): the import tool's check of lines it sends as read.
+    A blank line is not an event, so a count below the text's lines means one was blank."""
+    if _cleanbatch is None or not text:
+        return None
+    reserved = _reserved(ingestion_properties(ctx))
+    return _cleanbatch.check(text, False, ctx.endpoint == "track", ctx.now_ms, b"", reserved, False)
+
+
 def accepts_every_event(texts: list[bytes], ctx: IngestContext) -> bool:
     """Whether the server's clean-batch path would take every one of these events (each a
     JSON object's text) as it is: the import tool's check of a chunk it sends unchanged."""
@@ -60,7 +70,7 @@ def accepts_every_event(texts: list[bytes], ctx: IngestContext) -> bool:
         return False
     body = b"[" + b",".join(texts) + b"]"
     reserved = _reserved(ingestion_properties(ctx))
-    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", reserved) is not None
+    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", reserved, False) is not None
 
 
 def _reserved(added: dict[str, Any]) -> tuple[bytes, ...]:

@@ -126,16 +126,30 @@ _PROFILE_KEYS_ARROW = pa.schema(
 WAL_CHECKPOINT_IDLE_BYTES = 16 * 1024 * 1024
 WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
 # Logged rows not yet applied beyond which logging waits for the writer: enough for the
-# writer to checkpoint under full load (up to 2 s) without requests noticing, and a bound
-# on memory (about 200 MB of rows).
-MAX_UNAPPLIED_ROWS = 400_000
+# writer to gather a transaction and checkpoint under full load (up to 2 s) without
+# requests noticing, and a bound on memory (about 300 MB of rows).
+MAX_UNAPPLIED_ROWS = 500_000
 # The key index doubles when a write would fill it past 70 %; at idle moments it doubles
 # earlier, past this share, so that under bursty load the doubling rarely holds a write.
 IDLE_GROW_SHARE = 0.55
 
 # Past this backlog, logging slows to the writer's own pace (see _pace), so that under
 # sustained load the backlog settles near twice this and keeps room for a checkpoint.
-PACE_FROM_ROWS = 100_000
+PACE_FROM_ROWS = 250_000
+
+# DuckDB writes a transaction's rows straight into the file, a row group at a time, once
+# it has a whole row group (122,880 rows); smaller ones go through its own log and are
+# written again by the next checkpoint. The writer therefore gathers that many rows, for
+# at most GATHER_SECONDS, unless a read waits for them: about a quarter less writer time
+# per event (see bench/RESULTS.md, Session 9). Acknowledgements do not wait for it.
+ROW_GROUP_ROWS = 122_880
+# A clustering step holds the writer for up to ~2 s (see duckdb_cluster.py). Steps start
+# only after this long without writes, not at the writer's first idle second: a backfill's
+# pauses, or the gap between two imports, would otherwise start one just before the next
+# batches arrive, and they would wait for it.
+CLUSTER_AFTER_QUIET_S = 5.0
+GATHER_SECONDS = 0.5
+MAX_ROWS_PER_APPLY = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +202,18 @@ class DuckDBStore:
         self._applied_seq = self._read_applied_seq()
         self._log.last_seq = max(self._log.last_seq, self._applied_seq)
         self._seconds_per_row = 0.0  # the writer's recent pace, checkpoints included
+        self._last_write = 0.0  # time.monotonic() of the writer's last applied events
         self._keys: KeyIndex | None = None  # the writer's; built before its first write
         self._next_seq = 0
         self._recover()
         self._writer: GroupCommitter[_WriterItem] = GroupCommitter(
-            self._commit_any, idle=self._checkpoint_if_idle, name="eventkeep-duckdb-writer"
+            self._commit_any,
+            idle=self._checkpoint_if_idle,
+            name="eventkeep-duckdb-writer",
+            max_rows_per_commit=MAX_ROWS_PER_APPLY,
+            max_pending_rows=MAX_UNAPPLIED_ROWS,
+            gather_rows=ROW_GROUP_ROWS,
+            gather_seconds=GATHER_SECONDS,
         )
         self._unapplied: deque[tuple[Future[None], int]] = deque()
         self._unapplied_rows = 0
@@ -252,7 +273,8 @@ class DuckDBStore:
                 log.info("logging waited %.3fs for the writer (%d rows unapplied)",
                          time.monotonic() - started, self._unapplied_rows)
             self._unapplied_rows -= count
-        future = self._writer.submit(_LoggedRows(seq, rows), rows.num_rows, wait=True)
+        # Not urgent: these requests are answered once logged, so the writer may gather.
+        future = self._writer.submit(_LoggedRows(seq, rows), rows.num_rows, wait=True, urgent=False)
         self._unapplied.append((future, rows.num_rows))
         self._unapplied_rows += rows.num_rows
         self._pace(rows.num_rows)
@@ -289,7 +311,8 @@ class DuckDBStore:
         if self._wal_size() > WAL_CHECKPOINT_FORCE_BYTES:
             self._checkpoint()
         rows = sum(entry.rows.num_rows for entry in logged)
-        pace = (time.monotonic() - started) / max(rows, 1)
+        self._last_write = time.monotonic()
+        pace = (self._last_write - started) / max(rows, 1)
         self._seconds_per_row = pace if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * pace
 
     def _apply(self, logged: list[_LoggedRows]) -> None:
@@ -303,13 +326,17 @@ class DuckDBStore:
         try:
             high, low, seq = _key_halves(con, "incoming")
             superseded_here = superseded_in_batch(high, low, seq)
+            insert = INSERT_SQL
             if superseded_here is not None:  # repeats within the group: the latest copy wins
                 kept = ~superseded_here
                 high, low, seq = high[kept], low[kept], seq[kept]
                 in_order = np.zeros(rows.num_rows, bool)
                 in_order[seq - first] = True
+                # A column to filter on as DuckDB reads: filtering the Arrow table would
+                # copy every string of the group first.
                 con.unregister("incoming")
-                con.register("incoming", rows.filter(pa.array(in_order)))
+                con.register("incoming", rows.append_column("kept", pa.array(in_order)))
+                insert = INSERT_SQL + "WHERE kept\n"
             slots = keys.slots
             replaced = keys.upsert(high, low, seq)  # now ahead of the table
             if keys.slots != slots:
@@ -319,7 +346,7 @@ class DuckDBStore:
             with transaction(con):
                 if len(replaced_rows):
                     _delete_seqs(con, replaced_rows)
-                con.execute(INSERT_SQL, {"ingested_ms": int(time.time() * 1000)})
+                con.execute(insert, {"ingested_ms": int(time.time() * 1000)})
                 con.execute(
                     "INSERT INTO eventkeep_meta VALUES ('ingest_log_applied', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -377,6 +404,7 @@ class DuckDBStore:
     def _caught_up(self, timeout: float = 120.0) -> None:
         """Reads see every event acknowledged before they started."""
         target = self._log.last_seq
+        self._writer.hurry()
         with self._applied:
             if not self._applied.wait_for(lambda: self._applied_seq >= target or self._apply_failure is not None, timeout):
                 raise StoreUnavailable("events are still being applied; retry shortly")
@@ -516,12 +544,14 @@ class DuckDBStore:
         log.info("checkpoint took %.3fs", time.monotonic() - started)
 
     def _checkpoint_if_idle(self) -> None:
-        """Idle-time work of the writer: one step of clustering by time (which checkpoints
-        at the end of a pass, to vacuum the moved rows' old slots), then a checkpoint if the
+        """Idle-time work of the writer: one step of clustering by time, once writes have
+        paused for CLUSTER_AFTER_QUIET_S (a step checkpoints at the end of a pass, to vacuum
+        the moved rows' old slots), then a checkpoint if the
         log has grown (see eventkeep/store/duckdb_cluster.py); the key index is built, or
         grown, here rather than in a write."""
         clustering = clustering_of(self)
-        clustering.run_idle(self._con, self._checkpoint)
+        if clustering.pass_requested or time.monotonic() - self._last_write >= CLUSTER_AFTER_QUIET_S:
+            clustering.run_idle(self._con, self._checkpoint)
         if not clustering.exporting:  # an export's memory and the index's, not both at once
             keys = self._key_index()  # built ahead of the first write after a start
             if keys.grow_if_fuller_than(IDLE_GROW_SHARE):

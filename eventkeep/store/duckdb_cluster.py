@@ -196,6 +196,11 @@ class TimeClustering:
         with self._lock:
             return self._readers > 0
 
+    @property
+    def pass_requested(self) -> bool:
+        with self._lock:
+            return bool(self._requests)
+
     def request_full_pass(self) -> Future[int]:
         future: Future[int] = Future()
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ class _Pending(Generic[T]):
     item: T
     rows: int
     future: Future[None]
+    queued: float
 
 
 class GroupCommitter(Generic[T]):
@@ -40,20 +42,28 @@ class GroupCommitter(Generic[T]):
         max_pending_rows: int = 400_000,
         idle: Callable[[], None] | None = None,
         name: str = "eventkeep-writer",
+        gather_rows: int = 0,
+        gather_seconds: float = 0.0,
     ) -> None:
+        """With `gather_rows`, a queue of fewer rows than that, none of them urgent, waits
+        up to `gather_seconds` after its oldest item arrived for more (see `hurry`)."""
         self._commit = commit
         self._idle = idle
         self._max_rows = max_rows_per_commit
         self._max_pending = max_pending_rows
         self._queue: deque[_Pending[T]] = deque()
         self._pending_rows = 0
+        self._gather_rows = gather_rows
+        self._gather_seconds = gather_seconds
+        self._urgent = False  # until the queue is next empty: take it without gathering
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: T, rows: int, *, wait: bool = False) -> Future[None]:
-        """Queue an item. A full queue refuses it, or with `wait`, makes the caller wait."""
+    def submit(self, item: T, rows: int, *, wait: bool = False, urgent: bool = True) -> Future[None]:
+        """Queue an item. A full queue refuses it, or with `wait`, makes the caller wait.
+        `urgent=False`: nobody is waiting for this commit, so the writer may gather."""
         future: Future[None] = Future()
         with self._cond:
             if self._closed:
@@ -62,9 +72,10 @@ class GroupCommitter(Generic[T]):
                 self._cond.wait()
             if self._pending_rows + rows > self._max_pending and self._queue:
                 raise StoreUnavailable("the write queue is full")
-            self._queue.append(_Pending(item, rows, future))
+            self._queue.append(_Pending(item, rows, future, time.monotonic()))
             self._pending_rows += rows
-            self._cond.notify()
+            self._urgent = self._urgent or urgent
+            self._cond.notify_all()
         return future
 
     async def append(self, item: T, rows: int) -> None:
@@ -78,6 +89,7 @@ class GroupCommitter(Generic[T]):
                 self._cond.wait(timeout=1.0)
                 if not self._queue and not self._closed and self._idle is not None:
                     self._run_idle()
+            self._gather()
             taken = [self._queue.popleft()]
             rows = taken[0].rows
             while self._queue and rows + self._queue[0].rows <= self._max_rows:
@@ -85,8 +97,26 @@ class GroupCommitter(Generic[T]):
                 rows += pending.rows
                 taken.append(pending)
             self._pending_rows -= rows
+            if not self._queue:
+                self._urgent = False
             self._cond.notify_all()  # room for submitters that wait
             return taken
+
+    def _gather(self) -> None:
+        """Wait, lock held, for the queue to reach gather_rows, unless something is urgent."""
+        deadline = self._queue[0].queued + self._gather_seconds
+        while self._pending_rows < self._gather_rows and not self._urgent and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(timeout=left)
+
+    def hurry(self) -> None:
+        """Commit what is queued now, or next, without gathering: someone waits to read it
+        (its rows may be on their way to the queue still)."""
+        with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
 
     def _run_idle(self) -> None:
         """Maintenance (checkpoints) runs only when nobody waits; called with the lock held."""

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+from isal.isal_zlib import crc32  # zlib's CRC-32, five times faster: every logged byte passes it
 
 from eventkeep.ingest.batch import read_rows, write_rows
 
@@ -52,7 +52,7 @@ class IngestLog:
                 magic, seq, length, crc = _HEADER.unpack_from(data, offset)
                 start = offset + _HEADER.size
                 payload = data[start : start + length]
-                if magic != _MAGIC or not length or len(payload) != length or zlib.crc32(payload) != crc:
+                if magic != _MAGIC or not length or len(payload) != length or crc32(payload) != crc:
                     break  # a torn tail: never acknowledged
                 yield segment, seq, payload
                 offset = start + length
@@ -69,7 +69,7 @@ class IngestLog:
         write_rows(rows, sink)
         payload = sink.getvalue()
         seq = self.last_seq + 1
-        header = _HEADER.pack(_MAGIC, seq, payload.size, zlib.crc32(payload))
+        header = _HEADER.pack(_MAGIC, seq, payload.size, crc32(payload))
         if self._fd is None or self._written >= self._segment_bytes:
             self._start_segment(seq)
         assert self._fd is not None

@@ -162,3 +162,64 @@ def test_credentials_refused_abort_without_retrying(status: int) -> None:
     summary = client(script).import_events(events(5000), retry=FAST, concurrency=1)
     assert summary.exit_status == 3 and summary.retries == 0
     assert len(script.calls) == 1 and "Invalid credentials" in summary.render()
+
+
+def test_ndjson_chunks_sent_as_read_keep_their_line_numbers(tmp_path: Path) -> None:
+    """Clean NDJSON chunks travel as the file's own text (one batch each); a chunk with a
+    bad line takes the record-by-record way. Refusals from the server, and the rejects
+    file's line numbers, are the same either way, blank lines counted."""
+    from tests.client.conftest import DAY_S, NOW_S, event_line
+
+    lines = [event_line(i, NOW_S - DAY_S, "t") for i in range(5000)]
+    lines[100] = b""  # a blank line inside the first chunk: not a record
+    lines[2500] = b'{"event":"E","properties":{"distinct_id":"u1","$insert_id":"nope"}}'  # no time
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    bodies: list[bytes] = []
+
+    def answer(batch: list[Any], attempt: int) -> httpx.Response:
+        failed = [{"index": 7, "insert_id": batch[7]["properties"]["$insert_id"], "field": "properties.x",
+                   "message": "properties.x is invalid: nope"}]
+        return httpx.Response(400, json={"code": 400, "error": "some data points in the request failed validation",
+                                         "failed_records": failed, "num_records_imported": len(batch) - 1,
+                                         "status": "Bad Request"})
+
+    script = Script(answer)
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        bodies.append(igzip.decompress(request.content))
+        return script(request)
+
+    rejects = tmp_path / "r.ndjson"
+    c = Client("http://fake.test", token="tok", transport=httpx.MockTransport(recording), environ={})
+    summary = c.import_files([str(path)], retry=FAST, rejects=str(rejects), concurrency=1)
+    # The file's text, as read: the first chunk ends at its 2000th record (line 2000, 0-based).
+    assert bodies[0] == b"\n".join(lines[:100] + lines[101:2001])
+    assert len(bodies) == 3 and sum(body.count(b"\n") + 1 for body in bodies) == 4998
+    entries = sorted((e["index"], e["stage"], e["field"]) for e in map(json.loads, rejects.read_text().splitlines()))
+    # index 7 of each batch: line 7 (the blank line 100 comes later); line 2008 (the second
+    # chunk, lines 2001-4000, one refused locally, goes record by record); and line 4008: the
+    # last chunk is sent as read, so the batch being filled goes first, unfilled
+    firsts = [0, 2001, 4001]
+    assert entries == sorted([(2500, "validation", "properties.time")] + [(f + 7, "server", "properties.x") for f in firsts])
+    assert (summary.total.imported, summary.total.rejected_total) == (4998 - 3, 4)
+
+
+def test_a_413_splits_a_batch_sent_as_read() -> None:
+    def answer(batch: list[Any], attempt: int) -> httpx.Response:
+        if len(batch) > 500:
+            return httpx.Response(413, json={"code": 413, "error": "too large", "status": "Bad"})
+        return ok(batch, attempt)
+
+    script = Script(answer)
+    from tests.client.conftest import DAY_S, NOW_S, event_line
+
+    with_text = Client("http://fake.test", token="tok", transport=httpx.MockTransport(script), environ={})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e.ndjson"
+        path.write_bytes(b"\n".join(event_line(i, NOW_S - DAY_S, "s") for i in range(2000)) + b"\n")
+        summary = with_text.import_files([str(path)], retry=FAST)
+    assert [len(b) for _, b in script.calls] == [2000, 1000, 500, 500, 1000, 500, 500]
+    assert summary.total.imported == 2000 and summary.exit_status == 0

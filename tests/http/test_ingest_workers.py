@@ -334,9 +334,9 @@ def test_directories_left_by_servers_no_longer_running_are_removed(
 
 FREED_MEMORY = """
 import ctypes, sys
-from eventkeep.http.checkers import _keep_freed_memory
+from eventkeep.collector import keep_freed_memory
 if sys.argv[1] == "kept":
-    _keep_freed_memory()
+    keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]

@@ -430,3 +430,60 @@ def test_logging_slows_to_the_writers_pace_in_proportion_to_the_backlog(
     store._pace(2000)
     store._unapplied_rows = 0
     assert slept == pytest.approx([2000e-6, 4000e-6])
+
+
+def test_the_writer_gathers_rows_yet_a_read_sees_every_acknowledged_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acknowledged events wait in the log while the writer gathers a row group's worth;
+    a read that must see them makes the writer apply them at once."""
+    from eventkeep.store import duckdb as duckdb_store
+
+    monkeypatch.setattr(duckdb_store, "GATHER_SECONDS", 60.0)
+    store = DuckDBStore(tmp_path / "events.duckdb")
+    try:
+        store.append_sync(1, batch(ev("a"), ev("b")))
+        time.sleep(0.5)
+        assert store._applied_seq < store._log.last_seq  # logged, held back by the writer
+        started = time.monotonic()
+        assert sorted(e["properties"]["$insert_id"] for e in lines(store)) == ["a", "b"]
+        assert time.monotonic() - started < 10  # not the 60 s of gathering
+    finally:
+        store.close()
+
+
+def test_clustering_steps_wait_for_writes_to_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventkeep.store import duckdb as duckdb_store
+    from eventkeep.store import duckdb_cluster
+
+    steps: list[float] = []
+    monkeypatch.setattr(duckdb_store, "CLUSTER_AFTER_QUIET_S", 2.5)
+    monkeypatch.setattr(duckdb_cluster.TimeClustering, "run_idle", lambda self, con, checkpoint: steps.append(time.monotonic()))
+    store = DuckDBStore(tmp_path / "events.duckdb")
+    try:
+        store.append_sync(1, batch(ev("a")))
+        lines(store)  # applied
+        written = store._last_write
+        time.sleep(1.8)  # the writer's idle second has passed, the quiet period has not
+        assert steps == []
+        deadline = time.monotonic() + 10
+        while not steps and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert steps and steps[0] - written >= 2.5
+    finally:
+        store.close()
+
+
+def test_a_requested_clustering_pass_does_not_wait_for_the_quiet_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventkeep.store import duckdb as duckdb_store
+
+    monkeypatch.setattr(duckdb_store, "CLUSTER_AFTER_QUIET_S", 600.0)
+    store = DuckDBStore(tmp_path / "events.duckdb")
+    try:
+        store.append_sync(1, batch(*(ev(f"e{i}", t=1_700_000_000 + (i * 7919) % 5000) for i in range(3000))))
+        lines(store)
+        assert store.cluster(timeout=8) >= 0  # at the writer's next idle second
+    finally:
+        store.close()

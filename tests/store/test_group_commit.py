@@ -98,3 +98,58 @@ def test_close_refuses_new_work() -> None:
     writer.close()
     with pytest.raises(StoreUnavailable):
         writer.submit(1, 1)
+
+
+def _gathering(commits: list[list[int]], seconds: float = 3.0) -> GroupCommitter[int]:
+    return GroupCommitter(commits.append, gather_rows=100, gather_seconds=seconds)
+
+
+def test_a_gathering_writer_waits_for_enough_rows_then_commits_them_together() -> None:
+    commits: list[list[int]] = []
+    writer = _gathering(commits)
+    try:
+        first = writer.submit(1, 40, urgent=False)
+        with pytest.raises(TimeoutError):
+            first.result(timeout=0.3)  # 40 rows of 100: held back
+        second = writer.submit(2, 40, urgent=False)
+        with pytest.raises(TimeoutError):
+            second.result(timeout=0.3)
+        third = writer.submit(3, 30, urgent=False)  # 110 rows: enough
+        for future in (first, second, third):
+            future.result(timeout=2)
+    finally:
+        writer.close()
+    assert commits == [[1, 2, 3]]
+
+
+def test_a_gathering_writer_commits_what_it_has_at_the_deadline() -> None:
+    commits: list[list[int]] = []
+    writer = _gathering(commits, seconds=0.5)
+    try:
+        future = writer.submit(1, 10, urgent=False)
+        with pytest.raises(TimeoutError):
+            future.result(timeout=0.2)
+        future.result(timeout=5)
+    finally:
+        writer.close()
+    assert commits == [[1]]
+
+
+def test_urgent_work_and_hurry_end_the_gathering_at_once() -> None:
+    commits: list[list[int]] = []
+    writer = _gathering(commits, seconds=30)
+    try:
+        held = writer.submit(1, 10, urgent=False)
+        writer.submit(2, 1).result(timeout=2)  # someone waits for this one: no gathering
+        assert held.done() and commits == [[1, 2]]
+        held = writer.submit(3, 10, urgent=False)
+        writer.hurry()  # a reader wants what is queued
+        held.result(timeout=2)
+        writer.hurry()  # ...or what is about to be: the next item is not held either
+        writer.submit(4, 10, urgent=False).result(timeout=2)
+        held = writer.submit(5, 10, urgent=False)  # the hurry is spent once the queue empties
+        with pytest.raises(TimeoutError):
+            held.result(timeout=0.3)
+    finally:
+        writer.close()  # closing commits what is held
+    assert held.done() and commits == [[1, 2], [3], [4], [5]]

@@ -1,22 +1,31 @@
-"""The key index against a plain dict: same answers over any sequence of upserts."""
+"""The key index against a plain dict: same answers over any sequence of upserts, for the
+compiled probing loop and the numpy one alike."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventkeep.store import key_index
 from eventkeep.store.key_index import MIN_SLOTS, KeyIndex
+
+# CI builds the C module (setup.py): its absence there is a failure, not a skip.
+assert key_index._keyindex is not None, "eventkeep.store._keyindex was not built"
+
+implementations = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 
 # Few distinct halves, so that keys collide in their slot (low bits) and share a half.
 halves = st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1, MIN_SLOTS, 2 * MIN_SLOTS])
 keys = st.tuples(halves, halves)
 
 
+@implementations
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(keys, max_size=60, unique=True), max_size=12))
-def test_upserts_answer_like_a_dict(calls: list[list[tuple[int, int]]]) -> None:
-    index, model, seq = KeyIndex(), {}, 1
+def test_upserts_answer_like_a_dict(compiled: bool, calls: list[list[tuple[int, int]]]) -> None:
+    index, model, seq = KeyIndex(compiled=compiled), {}, 1
     for call in calls:
         high = np.array([k[0] for k in call], np.uint64)
         low = np.array([k[1] for k in call], np.uint64)
@@ -28,12 +37,13 @@ def test_upserts_answer_like_a_dict(calls: list[list[tuple[int, int]]]) -> None:
         assert index.count == len(model)
 
 
-def test_it_grows_and_keeps_every_key() -> None:
+@implementations
+def test_it_grows_and_keeps_every_key(compiled: bool) -> None:
     rng = np.random.default_rng(7)
     count = 3 * MIN_SLOTS  # several doublings
     high = rng.integers(0, 2**64, count, dtype=np.uint64)
     low = rng.integers(0, 2**64, count, dtype=np.uint64) & np.uint64(0x3FFFF)  # crowded: three keys for every four slots of a 2^18 range
-    index = KeyIndex()
+    index = KeyIndex(compiled=compiled)
     for start in range(0, count, 10_000):
         part = slice(start, start + 10_000)
         seqs = np.arange(start + 1, min(start + 10_000, count) + 1, dtype=np.int64)
@@ -48,14 +58,43 @@ def test_a_sized_index_starts_large_enough() -> None:
     assert KeyIndex(expected=10 * MIN_SLOTS).slots * 0.7 >= 10 * MIN_SLOTS
 
 
-def test_growing_early_keeps_every_key_and_only_past_the_share() -> None:
+@implementations
+def test_growing_early_keeps_every_key_and_only_past_the_share(compiled: bool) -> None:
     rng = np.random.default_rng(3)
     count = int(0.6 * MIN_SLOTS)
     high = rng.integers(0, 2**64, count, dtype=np.uint64)
     low = rng.integers(0, 2**64, count, dtype=np.uint64)
-    index = KeyIndex()
+    index = KeyIndex(compiled=compiled)
     index.upsert(high, low, np.arange(1, count + 1, dtype=np.int64))
     assert not index.grow_if_fuller_than(0.65) and index.slots == MIN_SLOTS
     assert index.grow_if_fuller_than(0.55) and index.slots == 2 * MIN_SLOTS
     again = index.upsert(high, low, np.arange(count + 1, 2 * count + 1, dtype=np.int64))
     assert again.tolist() == list(range(1, count + 1)) and index.count == count
+
+
+def test_both_loops_build_the_same_table() -> None:
+    rng = np.random.default_rng(11)
+    high = rng.integers(0, 2**64, 50_000, dtype=np.uint64)
+    low = rng.integers(0, 2**64, 50_000, dtype=np.uint64) & np.uint64(0xFFFFF)
+    seqs = np.arange(1, 50_001, dtype=np.int64)
+    tables = []
+    for compiled in (True, False):
+        index = KeyIndex(compiled=compiled)
+        index.upsert(high[:30_000], low[:30_000], seqs[:30_000])
+        replaced = index.upsert(high[20_000:], low[20_000:], seqs[20_000:] + 50_000)
+        tables.append((index._seq.copy(), index._high.copy(), index._low.copy(), replaced))
+    (seq_c, high_c, low_c, rep_c), (seq_n, high_n, low_n, rep_n) = tables
+    assert rep_c.tolist() == rep_n.tolist() and rep_c[:10_000].tolist() == list(range(20_001, 30_001))
+    # the same keys in the table; slots may differ only in the order colliding keys took them
+    def entries(seq: np.ndarray, high: np.ndarray, low: np.ndarray) -> list[tuple[int, int, int]]:
+        used = seq != 0
+        return sorted(zip(high[used].tolist(), low[used].tolist(), seq[used].tolist(), strict=True))
+
+    assert entries(seq_c, high_c, low_c) == entries(seq_n, high_n, low_n)
+
+
+def test_the_compiled_loop_refuses_mismatched_arrays() -> None:
+    index = KeyIndex()
+    with pytest.raises(ValueError):
+        key_index._keyindex.place(np.zeros(3, np.uint64), np.zeros(2, np.uint64), np.ones(3, np.int64),
+                                  index._high, index._low, index._seq, np.zeros(3, np.int64), 0)

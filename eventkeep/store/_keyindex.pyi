@@ -1,0 +1,5 @@
+from typing import Any
+
+def place(
+    high: Any, low: Any, seq: Any, table_high: Any, table_low: Any, table_seq: Any, replaced: Any, used: int, /
+) -> int: ...
