@@ -150,3 +150,12 @@ def test_export_refuses_bad_dates(tmp_path: Path) -> None:
     created = run_json("projects", "create", "D", "--json", "--data-dir", str(tmp_path))
     result = run("export", str(created["id"]), "--from-date", "2024-02-02", "--to-date", "2024-02-01", "--data-dir", str(tmp_path))
     assert result.returncode != 0 and "is before 'from_date'" in result.stderr
+
+
+def test_the_command_asks_numpy_for_one_blas_thread_unless_told_otherwise() -> None:
+    script = "import eventkeep.__main__, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    ours = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", script], env={**env, "OPENBLAS_NUM_THREADS": "3"},
+                            capture_output=True, text=True, check=True)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("1", "3")

@@ -125,31 +125,36 @@ _PROFILE_KEYS_ARROW = pa.schema(
 # longer than about half a second for one (and a restart replays at most that much log).
 WAL_CHECKPOINT_IDLE_BYTES = 16 * 1024 * 1024
 WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
-# Logged rows not yet applied beyond which logging waits for the writer: enough for the
-# writer to gather a transaction and checkpoint under full load (up to 2 s) without
-# requests noticing, and a bound on memory (about 300 MB of rows).
-MAX_UNAPPLIED_ROWS = 500_000
+# Logged rows not yet applied beyond which logging waits for the writer: room for the
+# paced backlog (below), a group the writer is gathering and one it is applying, so that a
+# burst seldom reaches it (requests would then wait for a whole apply); and a bound on
+# memory (about 300 MB of rows).
+MAX_UNAPPLIED_ROWS = 800_000
 # The key index doubles when a write would fill it past 70 %; at idle moments it doubles
 # earlier, past this share, so that under bursty load the doubling rarely holds a write.
 IDLE_GROW_SHARE = 0.55
 
 # Past this backlog, logging slows to the writer's own pace (see _pace), so that under
 # sustained load the backlog settles near twice this and keeps room for a checkpoint.
-PACE_FROM_ROWS = 250_000
+PACE_FROM_ROWS = 200_000
 
-# DuckDB writes a transaction's rows straight into the file, a row group at a time, once
-# it has a whole row group (122,880 rows); smaller ones go through its own log and are
-# written again by the next checkpoint. The writer therefore gathers that many rows, for
-# at most GATHER_SECONDS, unless a read waits for them: about a quarter less writer time
-# per event (see bench/RESULTS.md, Session 9). Acknowledgements do not wait for it.
+# DuckDB writes a transaction's rows straight into the file once it has a whole row group
+# (122,880 rows; "optimistic writes"); smaller ones go through its own log and are written
+# again by the next checkpoint. So the writer gathers rows, for at most GATHER_SECONDS,
+# unless a read waits for them: a quarter less of the writer's time per event, and far
+# fewer checkpoints (see bench/RESULTS.md, Session 9). Acknowledgements never wait for it.
 ROW_GROUP_ROWS = 122_880
+# Half as much again: repeats within a group are dropped before the insert, and a group a
+# little short of a row group would go through the log after all.
+GATHER_ROWS = ROW_GROUP_ROWS * 3 // 2
+GATHER_SECONDS = 2.0
+MAX_ROWS_PER_APPLY = 300_000
+
 # A clustering step holds the writer for up to ~2 s (see duckdb_cluster.py). Steps start
 # only after this long without writes, not at the writer's first idle second: a backfill's
 # pauses, or the gap between two imports, would otherwise start one just before the next
 # batches arrive, and they would wait for it.
 CLUSTER_AFTER_QUIET_S = 5.0
-GATHER_SECONDS = 0.5
-MAX_ROWS_PER_APPLY = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +217,7 @@ class DuckDBStore:
             name="eventkeep-duckdb-writer",
             max_rows_per_commit=MAX_ROWS_PER_APPLY,
             max_pending_rows=MAX_UNAPPLIED_ROWS,
-            gather_rows=ROW_GROUP_ROWS,
+            gather_rows=GATHER_ROWS,
             gather_seconds=GATHER_SECONDS,
         )
         self._unapplied: deque[tuple[Future[None], int]] = deque()
@@ -529,7 +534,7 @@ class DuckDBStore:
         """Write DuckDB's log into the file, on one thread: under full load a checkpoint on
         every core starves the ingest workers for its whole length (requests then wait),
         while on one it takes a little longer and the unapplied backlog absorbs it."""
-        started = time.monotonic()
+        started, wal = time.monotonic(), self._wal_size()
         self._con.execute("SET threads = 1")
         try:
             self._con.execute("CHECKPOINT")
@@ -541,7 +546,7 @@ class DuckDBStore:
             return
         finally:
             self._con.execute("RESET threads")
-        log.info("checkpoint took %.3fs", time.monotonic() - started)
+        log.info("checkpoint of %.0f MB of log took %.3fs", wal / 1e6, time.monotonic() - started)
 
     def _checkpoint_if_idle(self) -> None:
         """Idle-time work of the writer: one step of clustering by time, once writes have

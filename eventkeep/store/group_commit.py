@@ -30,7 +30,6 @@ class _Pending(Generic[T]):
     item: T
     rows: int
     future: Future[None]
-    queued: float
 
 
 class GroupCommitter(Generic[T]):
@@ -45,8 +44,8 @@ class GroupCommitter(Generic[T]):
         gather_rows: int = 0,
         gather_seconds: float = 0.0,
     ) -> None:
-        """With `gather_rows`, a queue of fewer rows than that, none of them urgent, waits
-        up to `gather_seconds` after its oldest item arrived for more (see `hurry`)."""
+        """With `gather_rows`, the writer holds a queue of fewer rows than that, none of
+        them urgent, for up to `gather_seconds` while more arrive (see `hurry`)."""
         self._commit = commit
         self._idle = idle
         self._max_rows = max_rows_per_commit
@@ -72,7 +71,7 @@ class GroupCommitter(Generic[T]):
                 self._cond.wait()
             if self._pending_rows + rows > self._max_pending and self._queue:
                 raise StoreUnavailable("the write queue is full")
-            self._queue.append(_Pending(item, rows, future, time.monotonic()))
+            self._queue.append(_Pending(item, rows, future))
             self._pending_rows += rows
             self._urgent = self._urgent or urgent
             self._cond.notify_all()
@@ -103,8 +102,12 @@ class GroupCommitter(Generic[T]):
             return taken
 
     def _gather(self) -> None:
-        """Wait, lock held, for the queue to reach gather_rows, unless something is urgent."""
-        deadline = self._queue[0].queued + self._gather_seconds
+        """Wait, lock held, for the queue to reach gather_rows, unless something is urgent.
+
+        The wait counts from now, not from when the oldest item came: what queued while
+        the last commit ran is usually short of gather_rows still, and would otherwise go
+        at once, as a small transaction."""
+        deadline = time.monotonic() + self._gather_seconds
         while self._pending_rows < self._gather_rows and not self._urgent and not self._closed:
             left = deadline - time.monotonic()
             if left <= 0:
