@@ -154,7 +154,7 @@ MAX_ROWS_PER_APPLY = 300_000
 # only after this long without writes, not at the writer's first idle second: a backfill's
 # pauses, or the gap between two imports, would otherwise start one just before the next
 # batches arrive, and they would wait for it.
-CLUSTER_AFTER_QUIET_S = 5.0
+CLUSTER_AFTER_QUIET_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
