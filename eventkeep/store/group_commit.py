@@ -85,8 +85,10 @@ class GroupCommitter(Generic[T]):
             while not self._queue:
                 if self._closed:
                     return None
-                self._cond.wait(timeout=1.0)
-                if not self._queue and not self._closed and self._idle is not None:
+                woken = self._cond.wait(timeout=1.0)
+                # Idle means a whole second without a word: not woken early by `hurry` (an
+                # export starting, which idle work must not run beside) or a submitter.
+                if not woken and not self._queue and not self._closed and self._idle is not None:
                     self._run_idle()
             self._gather()
             taken = [self._queue.popleft()]
@@ -119,7 +121,8 @@ class GroupCommitter(Generic[T]):
         (its rows may be on their way to the queue still)."""
         with self._cond:
             self._urgent = True
-            self._cond.notify_all()
+            if self._queue:
+                self._cond.notify_all()
 
     def _run_idle(self) -> None:
         """Maintenance (checkpoints) runs only when nobody waits; called with the lock held."""

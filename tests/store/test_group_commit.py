@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -153,3 +154,23 @@ def test_urgent_work_and_hurry_end_the_gathering_at_once() -> None:
     finally:
         writer.close()  # closing commits what is held
     assert held.done() and commits == [[1, 2], [3], [4], [5]]
+
+
+def test_hurry_does_not_count_as_an_idle_second() -> None:
+    """A read's hurry wakes the writer; its idle work (which must not run beside an export
+    that is starting) waits for a whole second without a word."""
+    idle_runs: list[float] = []
+    writer: GroupCommitter[int] = GroupCommitter(lambda items: None, idle=lambda: idle_runs.append(time.monotonic()))
+    try:
+        deadline = time.monotonic() + 1.0
+        while not idle_runs and time.monotonic() < deadline + 2:
+            time.sleep(0.01)
+        assert idle_runs  # an idle second passed: idle work ran
+        hurried = time.monotonic()
+        for _ in range(10):
+            writer.hurry()
+            time.sleep(0.05)
+        after = [t for t in idle_runs if t > hurried]
+        assert not after or after[0] - hurried >= 0.9, "idle work ran as soon as a read hurried the writer"
+    finally:
+        writer.close()
