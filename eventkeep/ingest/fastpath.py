@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import pyarrow as pa
 
-from eventkeep.ingest.batch import ROWS_SCHEMA, ValidBatch
+from eventkeep.ingest.batch import ValidBatch, rows_schema
 from eventkeep.ingest.payload import EventShape
 from eventkeep.ingest.validate import IngestContext, ingestion_properties
 
@@ -39,6 +38,8 @@ def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> Val
     if scanned is None:
         return None
     count, *buffers, tokens = scanned
+    import pyarrow as pa  # here, not at the top: see eventkeep.ingest.batch._pa
+
     columns = [
         _strings(count, buffers[0], buffers[1]),
         _strings(count, buffers[2], buffers[3]),
@@ -47,7 +48,7 @@ def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> Val
         _strings(count, buffers[7], buffers[8]),
     ]
     return ValidBatch(
-        rows=pa.Table.from_arrays(columns, schema=ROWS_SCHEMA),
+        rows=pa.Table.from_arrays(columns, schema=rows_schema()),
         tokens=tokens if tokens is not None else [None] * count,
         indexes=list(range(count)),
     )
@@ -78,5 +79,7 @@ def _reserved(added: dict[str, Any]) -> tuple[bytes, ...]:
     return tuple(key.encode() for key in (*added, "$mp_event_size"))
 
 
-def _strings(count: int, offsets: bytes, data: bytes) -> pa.Array:
+def _strings(count: int, offsets: bytes, data: bytes) -> Any:
+    import pyarrow as pa
+
     return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
