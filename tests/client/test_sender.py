@@ -16,6 +16,7 @@ from isal import igzip
 
 from eventkeep.client import Client, RetryPolicy
 from eventkeep.client.sender import parse_retry_after
+from tests.client.conftest import DAY_S, NOW_S, event_line
 
 T = int(time.time()) - 86400
 
@@ -68,16 +69,23 @@ def test_batches_keep_to_the_count_and_byte_limits() -> None:
     assert summary.exit_status == 0 and summary.total.imported == 5000
 
 
-def test_per_record_refusals_from_the_server_go_to_the_rejects_file(tmp_path: Path) -> None:
+def refusing(index: int) -> Any:
+    """A server that refuses the record at `index` of every batch, as Mixpanel's strict mode
+    does: a 400 listing it, the others imported."""
+
     def answer(batch: list[Any], attempt: int) -> httpx.Response:
-        failed = [{"index": 1, "insert_id": batch[1]["properties"]["$insert_id"], "field": "properties.x",
+        failed = [{"index": index, "insert_id": batch[index]["properties"]["$insert_id"], "field": "properties.x",
                    "message": "properties.x is invalid: nope"}]
         return httpx.Response(400, json={"code": 400, "error": "some data points in the request failed validation",
                                          "failed_records": failed, "num_records_imported": len(batch) - 1,
                                          "status": "Bad Request"})
 
+    return answer
+
+
+def test_per_record_refusals_from_the_server_go_to_the_rejects_file(tmp_path: Path) -> None:
     rejects = tmp_path / "r.ndjson"
-    script = Script(answer)
+    script = Script(refusing(1))
     summary = client(script).import_events(events(10), batch_size=5, retry=FAST, rejects=str(rejects))
     lines = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert sorted(line["index"] for line in lines) == [1, 6]
@@ -168,23 +176,13 @@ def test_ndjson_chunks_sent_as_read_keep_their_line_numbers(tmp_path: Path) -> N
     """Clean NDJSON chunks travel as the file's own text (one batch each); a chunk with a
     bad line takes the record-by-record way. Refusals from the server, and the rejects
     file's line numbers, are the same either way, blank lines counted."""
-    from tests.client.conftest import DAY_S, NOW_S, event_line
-
     lines = [event_line(i, NOW_S - DAY_S, "t") for i in range(5000)]
     lines[100] = b""  # a blank line inside the first chunk: not a record
     lines[2500] = b'{"event":"E","properties":{"distinct_id":"u1","$insert_id":"nope"}}'  # no time
     path = tmp_path / "events.ndjson"
     path.write_bytes(b"\n".join(lines) + b"\n")
     bodies: list[bytes] = []
-
-    def answer(batch: list[Any], attempt: int) -> httpx.Response:
-        failed = [{"index": 7, "insert_id": batch[7]["properties"]["$insert_id"], "field": "properties.x",
-                   "message": "properties.x is invalid: nope"}]
-        return httpx.Response(400, json={"code": 400, "error": "some data points in the request failed validation",
-                                         "failed_records": failed, "num_records_imported": len(batch) - 1,
-                                         "status": "Bad Request"})
-
-    script = Script(answer)
+    script = Script(refusing(7))
 
     def recording(request: httpx.Request) -> httpx.Response:
         bodies.append(igzip.decompress(request.content))
@@ -205,21 +203,15 @@ def test_ndjson_chunks_sent_as_read_keep_their_line_numbers(tmp_path: Path) -> N
     assert (summary.total.imported, summary.total.rejected_total) == (4998 - 3, 4)
 
 
-def test_a_413_splits_a_batch_sent_as_read() -> None:
+def test_a_413_splits_a_batch_sent_as_read(tmp_path: Path) -> None:
     def answer(batch: list[Any], attempt: int) -> httpx.Response:
         if len(batch) > 500:
             return httpx.Response(413, json={"code": 413, "error": "too large", "status": "Bad"})
         return ok(batch, attempt)
 
     script = Script(answer)
-    from tests.client.conftest import DAY_S, NOW_S, event_line
-
-    with_text = Client("http://fake.test", token="tok", transport=httpx.MockTransport(script), environ={})
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "e.ndjson"
-        path.write_bytes(b"\n".join(event_line(i, NOW_S - DAY_S, "s") for i in range(2000)) + b"\n")
-        summary = with_text.import_files([str(path)], retry=FAST)
+    path = tmp_path / "e.ndjson"
+    path.write_bytes(b"\n".join(event_line(i, NOW_S - DAY_S, "s") for i in range(2000)) + b"\n")
+    summary = client(script).import_files([str(path)], retry=FAST)
     assert [len(b) for _, b in script.calls] == [2000, 1000, 500, 500, 1000, 500, 500]
     assert summary.total.imported == 2000 and summary.exit_status == 0
