@@ -9,7 +9,8 @@ rows of every window into every vector, so every window decodes the whole table:
 events exported at 287k events/s (server with `--memory-limit 128MB`), against 645k/s once
 the same rows are stored in time order.
 
-What: when the writer has been idle for a second, it looks at how the rows of each time
+What: once no events have been written for 30 s (`CLUSTER_AFTER_QUIET_S` in duckdb.py),
+at the writer's next idle second, it looks at how the rows of each time
 range are spread over the table and moves one scattered range (up to `step_rows()` rows)
 to the end of the table, sorted by (time_ms, insert_id), in one transaction: the rows are
 copied to a temporary table, deleted, and inserted again with the same `seq`s. A range is
@@ -22,7 +23,7 @@ Cost and bounds (5M benchmark events, 2 cores):
   and deduplication stays exact: a moved row keeps its `seq`, which the key index points
   at, so a later copy of the event finds it as before. Events are acknowledged once in the
   ingest log, so a step (about 2 s for 250k rows) delays only their application. Steps
-  run only after a second without writes and never alongside an export (both would
+  run only after 30 s without writes and never alongside an export (both would
   compete for the memory limit and the cores): an export that starts during a step waits
   for it to end.
 - Each moved row costs about 8-12 µs (sort, delete, insert, index), once: 5M scattered
