@@ -59,22 +59,10 @@ class LeanTransport(httpx.BaseTransport):
             conn.request(request.method, target, body=body, headers=headers)
             response = conn.getresponse()
             content = response.read()
-        except TimeoutError as exc:
-            connected = conn.sock is not None
-            self._discard()
-            timeout = httpx.ReadTimeout if connected else httpx.ConnectTimeout
-            raise timeout(str(exc) or "timed out", request=request) from exc
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self._discard()
-            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
-        except ConnectionRefusedError as exc:
-            self._discard()
-            raise httpx.ConnectError(str(exc), request=request) from exc
         except (OSError, http.client.HTTPException) as exc:
             connected = conn.sock is not None
             self._discard()
-            error = httpx.ReadError if connected else httpx.ConnectError
-            raise error(str(exc) or type(exc).__name__, request=request) from exc
+            raise _as_httpx_error(exc, connected, request) from exc
         if response.will_close:
             self._discard()
         return httpx.Response(
@@ -113,6 +101,18 @@ class LeanTransport(httpx.BaseTransport):
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+def _as_httpx_error(exc: Exception, connected: bool, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception for a failure of `http.client` (see the module's docstring)."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return (httpx.ReadTimeout if connected else httpx.ConnectTimeout)(message, request=request)
+    if isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, ConnectionRefusedError) or not connected:
+        return httpx.ConnectError(message, request=request)
+    return httpx.ReadError(message, request=request)
 
 
 def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:

@@ -14,22 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from eventkeep.errors import RecordError
 
+# pyarrow is imported where it is first used, not here: the import tool's usual path
+# (clean NDJSON, checked by the compiled scanner) never builds a batch, and the import
+# costs a fifth of a second of its start-up.
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def _pa() -> Any:
-    """pyarrow, imported on first use: the import tool's usual path (clean NDJSON, checked
-    by the compiled scanner) never builds a batch, and the import costs a fifth of a second
-    of its start-up."""
-    import pyarrow
-
-    return pyarrow
-
-
 @cache
 def rows_schema() -> pa.Schema:
-    pa = _pa()
+    import pyarrow as pa
+
     return pa.schema(
         [
             ("event", pa.string()),
@@ -69,7 +64,8 @@ class ValidBatch:
         errors: list[RecordError] | None = None,
         ignored: int = 0,
     ) -> ValidBatch:
-        pa = _pa()
+        import pyarrow as pa
+
         rows = pa.Table.from_arrays(
             [
                 pa.array(events, pa.string()),
@@ -95,14 +91,18 @@ class ValidBatch:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Arrow's IPC format: one copy of the buffers, twenty times cheaper than pickling
         # the table itself.
-        sink = _pa().BufferOutputStream()
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
         write_rows(self.rows, sink)
         return _rebuild, (sink.getvalue(), self.tokens, self.indexes, self.errors, self.ignored)
 
     def select(self, rows: list[int]) -> ValidBatch:
         """These rows only (the refusals stay with the original)."""
+        import pyarrow as pa
+
         return ValidBatch(
-            rows=self.rows.take(_pa().array(rows, _pa().int64())),
+            rows=self.rows.take(pa.array(rows, pa.int64())),
             tokens=[self.tokens[i] for i in rows],
             indexes=[self.indexes[i] for i in rows],
         )
@@ -127,7 +127,9 @@ class ValidBatch:
 
     @property
     def properties(self) -> list[bytes]:
-        return self.rows.column("properties").cast(_pa().binary()).to_pylist()
+        import pyarrow as pa
+
+        return self.rows.column("properties").cast(pa.binary()).to_pylist()
 
 
 def _rebuild(
@@ -139,10 +141,14 @@ def _rebuild(
 def write_rows(rows: pa.Table, sink: pa.NativeFile) -> None:
     """Rows as they travel and rest outside a process: Arrow's IPC stream format (from a
     worker to the server, and in the ingest log)."""
-    with _pa().ipc.new_stream(sink, rows.schema) as writer:
+    import pyarrow as pa
+
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
         writer.write_table(rows)
 
 
 def read_rows(source: bytes | pa.Buffer | pa.NativeFile) -> pa.Table:
     """Rows written by `write_rows` (from a memory-mapped file: without copying them)."""
-    return _pa().ipc.open_stream(source).read_all()
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(source).read_all()

@@ -38,7 +38,7 @@ def accept_clean_body(body: bytes, shape: EventShape, ctx: IngestContext) -> Val
     if scanned is None:
         return None
     count, *buffers, tokens = scanned
-    import pyarrow as pa  # here, not at the top: see eventkeep.ingest.batch._pa
+    import pyarrow as pa  # here, not at the top: see eventkeep.ingest.batch
 
     columns = [
         _strings(count, buffers[0], buffers[1]),
@@ -58,20 +58,21 @@ def clean_lines(text: bytes, ctx: IngestContext) -> int | None:
     """How many events the server's clean-batch path would take, as they are, from this
     NDJSON text (None if not every one): the import tool's check of lines it sends as read.
     A blank line is not an event, so a count below the text's lines means one was blank."""
-    if _cleanbatch is None or not text:
-        return None
-    reserved = _reserved(ingestion_properties(ctx))
-    return _cleanbatch.check(text, False, ctx.endpoint == "track", ctx.now_ms, b"", reserved, False)
+    return _clean_count(text, False, ctx) if text else None
 
 
 def accepts_every_event(texts: list[bytes], ctx: IngestContext) -> bool:
     """Whether the server's clean-batch path would take every one of these events (each a
     JSON object's text) as it is: the import tool's check of a chunk it sends unchanged."""
-    if _cleanbatch is None or not texts:
-        return False
-    body = b"[" + b",".join(texts) + b"]"
+    return bool(texts) and _clean_count(b"[" + b",".join(texts) + b"]", True, ctx) is not None
+
+
+def _clean_count(body: bytes, array: bool, ctx: IngestContext) -> int | None:
+    """The scanner's verdict alone (no columns built): how many events, or None."""
+    if _cleanbatch is None:
+        return None
     reserved = _reserved(ingestion_properties(ctx))
-    return _cleanbatch.check(body, True, ctx.endpoint == "track", ctx.now_ms, b"", reserved, False) is not None
+    return _cleanbatch.check(body, array, ctx.endpoint == "track", ctx.now_ms, b"", reserved, False)
 
 
 def _reserved(added: dict[str, Any]) -> tuple[bytes, ...]:

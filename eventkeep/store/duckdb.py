@@ -551,9 +551,8 @@ class DuckDBStore:
     def _checkpoint_if_idle(self) -> None:
         """Idle-time work of the writer: one step of clustering by time, once writes have
         paused for CLUSTER_AFTER_QUIET_S (a step checkpoints at the end of a pass, to vacuum
-        the moved rows' old slots), then a checkpoint if the
-        log has grown (see eventkeep/store/duckdb_cluster.py); the key index is built, or
-        grown, here rather than in a write."""
+        the moved rows' old slots; see eventkeep/store/duckdb_cluster.py), then a checkpoint
+        if the log has grown; the key index is built, or grown, here rather than in a write."""
         clustering = clustering_of(self)
         if clustering.pass_requested or time.monotonic() - self._last_write >= CLUSTER_AFTER_QUIET_S:
             clustering.run_idle(self._con, self._checkpoint)
