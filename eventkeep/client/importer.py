@@ -439,6 +439,8 @@ class Importer:
                 # The usual chunk: NDJSON lines of Mixpanel-shaped events, every one clean,
                 # a batch of its own, its text the request's body as read.
                 cutter.add_text(text, raws, source, chunk.indexes, chunk.end)
+            elif not len(chunk) and not chunk.errors:
+                pass  # blank lines only (or none: the input's end): nothing to check or send
             elif text is None and self.shaper.sends_as_read(chunk) and accepts_every_event(raws, ctx):
                 # The same for other records (a JSON array's elements): sent as read.
                 cutter.add_all(list(raws), source, chunk.indexes)

@@ -19,6 +19,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define MAX_EVENTS 2000
 #define MAX_STRING_CHARS 255
@@ -63,6 +66,24 @@ static inline int buf_put(Buf *b, const void *src, Py_ssize_t n)
     memcpy(b->data + b->len, src, (size_t)n);
     b->len += n;
     return OK;
+}
+
+/* buf_put for a string's run of plain text, read from a body that ends at `src_end`: a
+ * short run (most are) is moved as one 16-byte load and store, not a call to memcpy,
+ * which cost more than the copy for a handful of bytes. */
+static inline int buf_put_run(Buf *b, const unsigned char *src, Py_ssize_t n, const unsigned char *src_end)
+{
+#if defined(__SSE2__)
+    if (n <= 16 && src_end - src >= 16) {
+        if (b->len + 16 > b->cap && buf_grow(b, 16) != OK)
+            return FAILED;
+        _mm_storeu_si128((__m128i *)(b->data + b->len), _mm_loadu_si128((const __m128i *)src));
+        b->len += n;
+        return OK;
+    }
+#endif
+    (void)src_end;
+    return buf_put(b, src, n);
 }
 
 static inline int buf_byte(Buf *b, char c)
@@ -258,6 +279,29 @@ static int hex4(const unsigned char *p, uint32_t *out)
     return OK;
 }
 
+/* The end of the run of plain characters from p (printable ASCII but '"' and '\\'), which
+ * a string's text and its encoding share: sixteen bytes at a time where SSE2 is, as it is
+ * on every x86-64. Most strings of an event are plain, so this loop is most of a scan. */
+static inline const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
+{
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* as signed bytes, both controls (below 0x20) and non-ASCII (0x80 up) are < 0x20 */
+        __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                    _mm_cmplt_epi8(v, space));
+        unsigned mask = (unsigned)_mm_movemask_epi8(stop);
+        if (mask)
+            return p + __builtin_ctz(mask);
+        p += 16;
+    }
+#endif
+    while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+
 /* A JSON string at s->p (which must be '"'): its decoded UTF-8 into `dec`, its msgspec
  * encoding (with quotes) into `enc` (either may be NULL), its length in characters. */
 static int scan_string(Scan *s, Buf *dec, Buf *enc, Py_ssize_t *chars)
@@ -271,14 +315,13 @@ static int scan_string(Scan *s, Buf *dec, Buf *enc, Py_ssize_t *chars)
     const unsigned char *p = s->p, *end = s->end;
     for (;;) {
         const unsigned char *run = p;
-        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
-            p++;
+        p = plain_run(p, end);
         if (p > run) {
             Py_ssize_t n = p - run;
             count += n;
-            if (dec && buf_put(dec, run, n) != OK)
+            if (dec && buf_put_run(dec, run, n, end) != OK)
                 return FAILED;
-            if (enc && buf_put(enc, run, n) != OK)
+            if (enc && buf_put_run(enc, run, n, end) != OK)
                 return FAILED;
         }
         if (p >= end)
@@ -575,7 +618,7 @@ static int scan_value(Scan *s, Work *w, Buf *enc, int depth)
     }
     if (c == 't' || c == 'f' || c == 'n') {
         const char *word = c == 't' ? "true" : c == 'f' ? "false" : "null";
-        Py_ssize_t n = (Py_ssize_t)strlen(word);
+        Py_ssize_t n = c == 'f' ? 5 : 4;
         if (s->end - s->p < n || memcmp(s->p, word, (size_t)n) != 0)
             return NOT_CLEAN;
         s->p += n;
@@ -633,10 +676,13 @@ static inline int is_py_space(unsigned char c)
     return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
 }
 
+/* Bit n set: some placeholder is n bytes long (set at import; all are under 64). */
+static uint64_t disallowed_lengths;
+
 /* Whether an ASCII id, lower-cased, is a placeholder Mixpanel refuses. */
 static int disallowed(const char *text, Py_ssize_t len)
 {
-    if (len > 36)
+    if (len > 36 || !(disallowed_lengths & (UINT64_C(1) << len)))
         return 0;
     char lower[37];
     for (Py_ssize_t i = 0; i < len; i++) {
@@ -720,21 +766,21 @@ typedef struct {
 
 typedef struct {
     Column events, distinct_ids, insert_ids;
-    Buf core;       /* the current event's properties, re-encoded without the taken keys */
-    Buf properties; /* all events' stored properties, before the tail is added */
-    Buf ends;       /* Py_ssize_t end of each event's core in `properties` */
-    Buf tokens;     /* the current token, decoded */
+    Column properties; /* the stored properties: each core, the tail, the size */
+    Buf core;          /* the current event's properties, re-encoded without the taken keys */
+    Buf tokens;        /* the current token, decoded */
+    const char *tail;  /* the properties the server adds, and '"$mp_event_size":' */
+    Py_ssize_t tail_len;
+    int columns;       /* 0: only the verdict, no stored properties */
     Number times[MAX_EVENTS];
     int32_t sizes[MAX_EVENTS];
     PyObject *token_list; /* None until an event has a token */
     Py_ssize_t count;
 } Out;
 
-static inline int match_key(const Buf *key, const char *name)
-{
-    Py_ssize_t n = (Py_ssize_t)strlen(name);
-    return key->len == n && memcmp(key->data, name, (size_t)n) == 0;
-}
+/* Whether a decoded key is the literal `name` (its length known when compiled). */
+#define match_key(key, name) \
+    ((key)->len == (Py_ssize_t)sizeof(name) - 1 && memcmp((key)->data, name, sizeof(name) - 1) == 0)
 
 static int scan_properties(Scan *s, Work *w, Out *o, const Rules *rules, Py_ssize_t row)
 {
@@ -886,6 +932,29 @@ static int scan_properties(Scan *s, Work *w, Out *o, const Rules *rules, Py_ssiz
     return OK;
 }
 
+/* The event's stored properties, now that its size is known: its core without the
+ * closing brace, the tail, the size, '}'. */
+static int store_properties(Out *o, int32_t size)
+{
+    char digits[12];
+    int n_digits = 0;
+    for (int32_t v = size; v > 0 || n_digits == 0; v /= 10)
+        digits[n_digits++] = (char)('0' + v % 10);
+    Column *c = &o->properties;
+    if (buf_grow(&c->data, o->core.len - 1 + o->tail_len + n_digits + 1) != OK)
+        return FAILED;
+    char *out = c->data.data + c->data.len;
+    memcpy(out, o->core.data, (size_t)(o->core.len - 1));
+    out += o->core.len - 1;
+    memcpy(out, o->tail, (size_t)o->tail_len);
+    out += o->tail_len;
+    while (n_digits)
+        *out++ = digits[--n_digits];
+    *out++ = '}';
+    c->data.len = out - c->data.data;
+    return column_end_row(c);
+}
+
 static int scan_event(Scan *s, Work *w, Out *o, const Rules *rules)
 {
     Py_ssize_t row = o->count;
@@ -928,14 +997,6 @@ static int scan_event(Scan *s, Work *w, Out *o, const Rules *rules)
             r = scan_properties(s, w, o, rules, row);
             if (r != OK)
                 return r;
-            Py_ssize_t end;
-            r = buf_put(&o->properties, o->core.data, o->core.len);
-            if (r != OK)
-                return r;
-            end = o->properties.len;
-            r = buf_put(&o->ends, &end, sizeof end);
-            if (r != OK)
-                return r;
             have_properties = 1;
         } else {
             return NOT_CLEAN; /* another field, or one given twice */
@@ -953,7 +1014,7 @@ static int scan_event(Scan *s, Work *w, Out *o, const Rules *rules)
         return NOT_CLEAN;
     o->sizes[row] = (int32_t)size;
     o->count++;
-    return OK;
+    return o->columns ? store_properties(o, (int32_t)size) : OK;
 }
 
 static int scan_body(Scan *s, Work *w, Out *o, const Rules *rules, int array)
@@ -1022,7 +1083,6 @@ static PyObject *check(PyObject *self, PyObject *args)
     Work *w = PyMem_Calloc(1, sizeof(Work));
     Out *o = PyMem_Calloc(1, sizeof(Out));
     Buf times = {0};
-    Column properties = {0};
     if (w == NULL || o == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -1048,6 +1108,14 @@ static PyObject *check(PyObject *self, PyObject *args)
         guess = MAX_EVENTS;
     if (column_start(&o->events, guess) != OK || column_start(&o->distinct_ids, guess) != OK ||
         column_start(&o->insert_ids, guess) != OK)
+        goto done;
+    o->columns = columns;
+    o->tail = tail.buf;
+    o->tail_len = tail.len;
+    /* room for the usual batch at once: growing by doubling would copy it several times */
+    if (columns && (column_start(&o->properties, guess) != OK ||
+                    buf_grow(&o->properties.data, body.len + guess * (tail.len + 12)) != OK ||
+                    buf_grow(&o->core, 4096) != OK))
         goto done;
     Scan s = {(const unsigned char *)body.buf, (const unsigned char *)body.buf + body.len, 1};
     int r = scan_body(&s, w, o, &rules, array);
@@ -1109,29 +1177,6 @@ static PyObject *check(PyObject *self, PyObject *args)
         goto done;
     }
 
-    /* Stored properties: each core without its closing brace, the tail, the size, '}'. */
-    if (column_start(&properties, n) != OK)
-        goto done;
-    if (buf_grow(&properties.data, o->properties.len + n * (tail.len + 12)) != OK)
-        goto done;
-    const Py_ssize_t *ends = (const Py_ssize_t *)o->ends.data;
-    Py_ssize_t start = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char size[16];
-        int size_len = 0;
-        char digits[12];
-        int n_digits = 0;
-        for (int32_t v = o->sizes[i]; v > 0 || n_digits == 0; v /= 10)
-            digits[n_digits++] = (char)('0' + v % 10);
-        while (n_digits)
-            size[size_len++] = digits[--n_digits];
-        size[size_len++] = '}';
-        if (buf_put(&properties.data, o->properties.data + start, ends[i] - start - 1) != OK ||
-            buf_put(&properties.data, tail.buf, tail.len) != OK ||
-            column_add(&properties, size, size_len) != OK)
-            goto done;
-        start = ends[i];
-    }
     if (o->token_list != NULL)
         while (PyList_GET_SIZE(o->token_list) < n)
             if (PyList_Append(o->token_list, Py_None) < 0)
@@ -1142,16 +1187,15 @@ static PyObject *check(PyObject *self, PyObject *args)
         bytes_of(&o->distinct_ids.offsets), bytes_of(&o->distinct_ids.data),
         bytes_of(&times),
         bytes_of(&o->insert_ids.offsets), bytes_of(&o->insert_ids.data),
-        bytes_of(&properties.offsets), bytes_of(&properties.data),
+        bytes_of(&o->properties.offsets), bytes_of(&o->properties.data),
         o->token_list ? o->token_list : Py_None);
 done:
     if (o != NULL) {
         column_free(&o->events);
         column_free(&o->distinct_ids);
         column_free(&o->insert_ids);
+        column_free(&o->properties);
         buf_free(&o->core);
-        buf_free(&o->properties);
-        buf_free(&o->ends);
         buf_free(&o->tokens);
         Py_XDECREF(o->token_list);
         PyMem_Free(o);
@@ -1163,7 +1207,6 @@ done:
         PyMem_Free(w);
     }
     buf_free(&times);
-    column_free(&properties);
     PyBuffer_Release(&body);
     PyBuffer_Release(&tail);
     return result;
@@ -1204,6 +1247,8 @@ PyMODINIT_FUNC PyInit__cleanbatch(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    for (const char **d = DISALLOWED; *d; d++)
+        disallowed_lengths |= UINT64_C(1) << strlen(*d);
     /* The limits this file holds, for the tests to compare with eventkeep.ingest.limits. */
     if (PyModule_AddIntConstant(m, "MAX_EVENTS", MAX_EVENTS) < 0 ||
         PyModule_AddIntConstant(m, "MAX_STRING_CHARS", MAX_STRING_CHARS) < 0 ||

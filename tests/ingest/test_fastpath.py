@@ -120,6 +120,36 @@ def test_check_events_answers_the_same_either_way(monkeypatch: pytest.MonkeyPatc
     assert_same(fast.batch, slow.batch)
 
 
+@pytest.mark.parametrize("special", ['"', "\\", "\t", "/", "\x7f", "é", "😀", "\u2028"])
+def test_a_special_character_at_any_place_in_a_string_scans_alike(special: str) -> None:
+    """The scanner skips plain text sixteen bytes at a time: a character that ends the run
+    must be seen wherever it falls in those sixteen, and in the tail after the last."""
+    events = []
+    for length in range(40):
+        for at in range(length + 1):
+            text = "x" * at + special + "y" * (length - at)
+            props = {"time": 1_700_000_000, "distinct_id": "u" + text, "$insert_id": f"i{len(events)}", "k" + text: text}
+            events.append({"event": "E" + text, "properties": props})
+    ctx = IngestContext("import", NOW_MS)
+    body = b"\n".join(json.dumps(event, ensure_ascii=False).encode() for event in events)
+    fast = fastpath.accept_clean_body(body, "ndjson", ctx)
+    assert fast is not None
+    assert len(fast) == len(events)
+    assert_same(fast, python_path(body, "application/x-ndjson", ctx))
+    assert fastpath.clean_lines(body, ctx) == len(events)
+
+
+def test_a_raw_control_character_at_any_place_in_a_string_is_not_clean() -> None:
+    ctx = IngestContext("import", NOW_MS)
+    for length in range(20):
+        for at in range(length + 1):
+            text = "x" * at + "\x01" + "y" * (length - at)
+            props = f'"time":1700000000,"distinct_id":"u","$insert_id":"i","p":"{text}"'
+            line = '{"event":"E","properties":{' + props + "}}"
+            assert fastpath.accept_clean_body(line.encode(), "ndjson", ctx) is None, (length, at)
+            assert fastpath.clean_lines(line.encode(), ctx) is None
+
+
 # ---- generated bodies ----
 
 _KEYS = ["plan", "a", "é", "tags", "$browser", "time", "distinct_id", "$insert_id", "token",
