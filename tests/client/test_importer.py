@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given
@@ -14,6 +17,7 @@ from hypothesis import strategies as st
 from eventkeep.client import Client
 from eventkeep.client.importer import ImportOptions, _BatchCutter
 from eventkeep.client.sender import Batch
+from eventkeep.client.sources import CHUNK_RECORDS
 from eventkeep.collector import BATCH_THRESHOLDS
 from tests.client.conftest import DAY_S, NOW_S, assert_exactly_once, event_line
 from tests.conftest import ProjectCreds, Server
@@ -76,3 +80,23 @@ def test_an_import_runs_with_fewer_collections_and_puts_the_callers_settings_bac
 
 def event_line_dict(i: int) -> dict[str, Any]:
     return json.loads(event_line(i, NOW_S - DAY_S, prefix="gc"))
+
+
+def test_importing_clean_ndjson_never_loads_pyarrow_or_numpy(tmp_path: Path) -> None:
+    """The tool starts and runs in a fraction of a second without them (importing pyarrow
+    costs ~0.5 s of CPU); a file of whole chunks, whose last chunk is empty, included."""
+    path = tmp_path / "e.ndjson"
+    path.write_bytes(b"\n".join(event_line(i, NOW_S - DAY_S) for i in range(2 * CHUNK_RECORDS)) + b"\n")
+    script = (
+        "import sys\n"
+        "from eventkeep.__main__ import main\n"
+        "try:\n"
+        f"    main(['import', {str(path)!r}, '--dry-run', '--progress', 'none', '--no-checkpoint'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(sorted({'pyarrow', 'numpy'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "4,000 valid" in done.stderr
+    assert done.stdout.strip() == "[]"
