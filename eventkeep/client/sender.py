@@ -81,7 +81,7 @@ class Batch:
     """
 
     seq: int
-    lines: list[bytes]
+    lines: Sequence[bytes]
     positions: Sequence[Position]
     end: Position
     counts: Counts = field(default_factory=Counts)
@@ -251,7 +251,7 @@ class Sender:
         with self._pause_lock:
             self._resume_at = max(self._resume_at, time.monotonic() + seconds)
 
-    def _deliver(self, lines: list[bytes], text: bytes | None = None) -> Outcome:
+    def _deliver(self, lines: Sequence[bytes], text: bytes | None = None) -> Outcome:
         if not lines:
             return Outcome()
         raw = b"\n".join(lines) if text is None else text
@@ -297,7 +297,7 @@ class Sender:
             self.stats.retry(reason)
             self._stop.wait(delay)
 
-    def _split(self, lines: list[bytes], attempt: int) -> Outcome:
+    def _split(self, lines: Sequence[bytes], attempt: int) -> Outcome:
         """413: the server's limit is lower than ours (Mixpanel's was 2 MB); halve and resend."""
         half = len(lines) // 2
         first = self._deliver(lines[:half])

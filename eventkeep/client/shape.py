@@ -180,7 +180,7 @@ class Shaper:
     def sends_as_read(self, chunk: Chunk) -> bool:
         """Whether the chunk's records are events to send as read, if they are valid:
         Mixpanel-shaped JSON texts, none unreadable."""
-        return not (chunk.raws is None or chunk.errors or chunk.flat or self.options.shape not in ("auto", "mixpanel"))
+        return not (not chunk.has_texts or chunk.errors or chunk.flat or self.options.shape not in ("auto", "mixpanel"))
 
     def _checked_events(self, chunk: Chunk) -> list[Any] | None:
         """The usual case, fast: NDJSON of Mixpanel-shaped events that carry their own

@@ -199,6 +199,18 @@ def test_source_identity_follows_content_not_mtime(tmp_path: Path) -> None:
     assert Source(str(path)).identity() != before
 
 
+@given(st.lists(st.sampled_from([b"{}", b"x", b"", b" ", b"\t\r", b"\x0b\x0c", b" a ", b"\x1c"]), max_size=30),
+       st.integers(0, 12), st.integers(0, 40), st.booleans())
+def test_counting_records_in_c_and_in_python_agree(pieces: list[bytes], wanted: int, start: int, newline: bool) -> None:
+    data = b"\n".join(pieces) + (b"\n" if newline else b"")
+    start = min(start, len(data))
+    counted = sources.next_records(data, start, wanted)
+    assert counted == sources._next_records_in_python(data, start, wanted)
+    records, lines, end = counted
+    assert data[start:end].count(b"\n") == lines and records <= min(wanted, lines)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 @given(
     kinds=st.lists(st.sampled_from(["record", "blank", "spaces", "crlf"]), max_size=40),
     chunk_records=st.integers(1, 6),
@@ -207,7 +219,7 @@ def test_source_identity_follows_content_not_mtime(tmp_path: Path) -> None:
 )
 @settings(max_examples=150, deadline=None)
 def test_ndjson_chunks_agree_with_reading_line_by_line(
-    tmp_path_factory: Any, kinds: list[str], chunk_records: int, block: int, trailing_newline: bool
+    tmp_path_factory: Any, compiled: bool, kinds: list[str], chunk_records: int, block: int, trailing_newline: bool
 ) -> None:
     texts = {"record": '{"n":%d}', "blank": "", "spaces": " \t ", "crlf": '{"n":%d}\r'}
     lines = [texts[kind].replace("%d", str(i)) for i, kind in enumerate(kinds)]
@@ -224,6 +236,11 @@ def test_ndjson_chunks_agree_with_reading_line_by_line(
     rest = numbered[len(expected) * chunk_records :]
     if rest or lines:
         expected.append(([i for i, _ in rest], [raw for _, raw in rest], len(lines)))
-    with patch.object(sources, "CHUNK_RECORDS", chunk_records), patch.object(sources, "BLOCK", block):
-        chunks = [(c.indexes, c.raws, c.end) for c in read_source(Source(str(path)), 0)]
+    counting = sources.next_records if compiled else sources._next_records_in_python
+    with (
+        patch.object(sources, "CHUNK_RECORDS", chunk_records),
+        patch.object(sources, "BLOCK", block),
+        patch.object(sources, "next_records", counting),
+    ):
+        chunks = [(list(c.indexes), c.raws, c.end) for c in read_source(Source(str(path)), 0)]
     assert chunks == expected
