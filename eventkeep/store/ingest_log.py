@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 from isal.isal_zlib import crc32  # zlib's CRC-32, five times faster: every logged byte passes it
 
-from eventkeep.ingest.batch import read_rows, write_rows
+from eventkeep.ingest.batch import read_rows, rows_buffer
 
 _HEADER = struct.Struct("<4sQQI")  # magic, sequence number, payload length, CRC-32 of payload
 _MAGIC = b"EKL1"
@@ -65,9 +65,7 @@ class IngestLog:
 
     def append(self, rows: pa.Table) -> int:
         """Write one entry and sync it to disk; its sequence number once it is durable."""
-        sink = pa.BufferOutputStream()
-        write_rows(rows, sink)
-        payload = sink.getvalue()
+        payload = rows_buffer(rows)
         seq = self.last_seq + 1
         header = _HEADER.pack(_MAGIC, seq, payload.size, crc32(payload))
         if self._fd is None or self._written >= self._segment_bytes:
