@@ -46,7 +46,7 @@ from eventkeep.store.base import ScanQuery, StoreUnavailable
 from eventkeep.store.duckdb_cluster import bucket_ms, clustering_of, memory_limit_bytes, transaction
 from eventkeep.store.group_commit import GroupCommitter
 from eventkeep.store.ingest_log import IngestLog
-from eventkeep.store.key_index import KeyIndex
+from eventkeep.store.key_index import KeyIndex, key_halves
 from eventkeep.store.writes import ProfileWork, queue_profile_updates
 
 log = logging.getLogger("eventkeep.store.duckdb")
@@ -327,9 +327,14 @@ class DuckDBStore:
         keys = self._key_index()
         first = self._next_seq
         rows = rows.append_column("seq", pa.array(np.arange(first, first + rows.num_rows, dtype=np.int64)))
+        computed = key_halves(rows)
         con.register("incoming", rows)
         try:
-            high, low, seq = _key_halves(con, "incoming")
+            if computed is not None:
+                high, low = computed
+                seq = np.arange(first, first + rows.num_rows, dtype=np.int64)
+            else:
+                high, low, seq = _key_halves(con, "incoming")
             superseded_here = superseded_in_batch(high, low, seq)
             insert = INSERT_SQL
             if superseded_here is not None:  # repeats within the group: the latest copy wins

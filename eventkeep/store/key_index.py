@@ -20,6 +20,8 @@ Memory: 24 bytes per slot, at most 70 % full, so 34 to 69 bytes per stored event
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -33,6 +35,45 @@ MIN_SLOTS = 1 << 16
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+
+_KEY_COLUMNS = ("project_id", "event", "distinct_id", "time_ms", "insert_id")
+
+
+def key_halves(rows: Any) -> tuple[U64, U64] | None:
+    """Each row's key (the MD5 of its key fields, as the DuckDB store's KEY_SQL), in row
+    order, hashed in C from the Arrow table's buffers; None where the module is missing or
+    a column is not as stored (nulls, another type): the store then hashes in DuckDB."""
+    if _keyindex is None:
+        return None
+    import pyarrow as pa
+
+    expected = (pa.int32(), pa.string(), pa.string(), pa.int64(), pa.string())
+    table = rows.select(list(_KEY_COLUMNS))
+    if tuple(table.schema.types) != expected or any(column.null_count for column in table.columns):
+        return None
+    high: U64 = np.empty(table.num_rows, np.uint64)
+    low: U64 = np.empty(table.num_rows, np.uint64)
+    at = 0
+    for batch in table.to_batches():
+        n = batch.num_rows
+        if not n:
+            continue
+        project, event, distinct_id, time_ms, insert_id = batch.columns
+        _keyindex.keys(
+            _values(project, np.int32), *_strings(event), *_strings(distinct_id), _values(time_ms, np.int64),
+            *_strings(insert_id), high[at : at + n], low[at : at + n],
+        )
+        at += n
+    return high, low
+
+
+def _values(array: Any, dtype: Any) -> Any:
+    return np.frombuffer(array.buffers()[1], dtype)[array.offset : array.offset + len(array)]
+
+
+def _strings(array: Any) -> tuple[Any, Any]:
+    _, offsets, data = array.buffers()
+    return np.frombuffer(offsets, np.int32)[array.offset : array.offset + len(array) + 1], (data or b"")
 
 
 class KeyIndex:

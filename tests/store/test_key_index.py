@@ -3,13 +3,18 @@ compiled probing loop and the numpy one alike."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventkeep.store import key_index
-from eventkeep.store.key_index import MIN_SLOTS, KeyIndex
+from eventkeep.store.duckdb import _key_halves_sql
+from eventkeep.store.key_index import MIN_SLOTS, KeyIndex, key_halves
 
 # CI builds the C module (setup.py): its absence there is a failure, not a skip.
 assert key_index._keyindex is not None, "eventkeep.store._keyindex was not built"
@@ -98,3 +103,55 @@ def test_the_compiled_loop_refuses_mismatched_arrays() -> None:
     with pytest.raises(ValueError):
         key_index._keyindex.place(np.zeros(3, np.uint64), np.zeros(2, np.uint64), np.ones(3, np.int64),
                                   index._high, index._low, index._seq, np.zeros(3, np.int64), 0)
+
+
+_texts = st.text(st.characters(codec="utf-8"), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**31 - 1), _texts, _texts, st.integers(-(2**63), 2**63 - 1), _texts),
+        min_size=1, max_size=40,
+    ),
+    st.integers(1, 7),
+)
+def test_keys_hashed_in_c_are_the_stores_keys_hashed_in_duckdb(rows: list[tuple[Any, ...]], cut: int) -> None:
+    columns = list(zip(*rows, strict=True))
+    types = (pa.int32(), pa.string(), pa.string(), pa.int64(), pa.string())
+    names = ("project_id", "event", "distinct_id", "time_ms", "insert_id")
+    whole = pa.table({name: pa.array(column, kind) for name, column, kind in zip(names, columns, types, strict=True)})
+    # a table of chunks, some sliced out of longer arrays (offsets that do not start at 0)
+    table = pa.concat_tables([whole.slice(0, cut), pa.concat_tables([whole, whole]).slice(len(rows) + cut)])
+    assert table.num_rows == len(rows)
+    computed = key_halves(table)
+    assert computed is not None
+    assert_duckdb_agrees(table, *computed)
+
+
+def test_a_key_longer_than_the_stack_buffer_hashes_alike() -> None:
+    table = pa.table({
+        "project_id": pa.array([1, 2], pa.int32()), "event": ["é" * 3000, "e"], "distinct_id": ["u" * 5000, ""],
+        "time_ms": pa.array([1_700_000_000_000, 0], pa.int64()), "insert_id": ["i", "x" * 36],
+    })
+    computed = key_halves(table)
+    assert computed is not None
+    assert_duckdb_agrees(table, *computed)
+
+
+def test_keys_of_columns_not_as_stored_are_left_to_duckdb() -> None:
+    table = pa.table({
+        "project_id": pa.array([1], pa.int64()), "event": ["e"], "distinct_id": ["u"],
+        "time_ms": pa.array([1], pa.int64()), "insert_id": ["i"],
+    })
+    assert key_halves(table) is None
+    assert key_halves(table.set_column(0, "project_id", pa.array([1], pa.int32())).set_column(
+        2, "distinct_id", pa.array([None], pa.string()))) is None
+
+
+def assert_duckdb_agrees(table: pa.Table, high: Any, low: Any) -> None:
+    con = duckdb.connect()
+    con.register("incoming", table.append_column("seq", pa.array(np.arange(1, table.num_rows + 1), pa.int64())))
+    by_duckdb = con.execute(_key_halves_sql("incoming") + " ORDER BY seq").fetchnumpy()
+    assert list(high) == list(by_duckdb["high"])
+    assert list(low) == list(by_duckdb["low"])
