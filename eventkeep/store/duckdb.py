@@ -128,15 +128,18 @@ WAL_CHECKPOINT_FORCE_BYTES = 128 * 1024 * 1024
 # Logged rows not yet applied beyond which logging waits for the writer: room for the
 # paced backlog (below), a group the writer is gathering and one it is applying, so that a
 # burst seldom reaches it (requests would then wait for a whole apply); and a bound on
-# memory (about 300 MB of rows).
-MAX_UNAPPLIED_ROWS = 800_000
+# memory (about 400 MB of rows).
+MAX_UNAPPLIED_ROWS = 1_000_000
 # The key index doubles when a write would fill it past 70 %; at idle moments it doubles
 # earlier, past this share, so that under bursty load the doubling rarely holds a write.
 IDLE_GROW_SHARE = 0.55
 
 # Past this backlog, logging slows to the writer's own pace (see _pace), so that under
 # sustained load the backlog settles near twice this and keeps room for a checkpoint.
-PACE_FROM_ROWS = 200_000
+# Two groups' worth: from 200,000 (about one group), logging was held back while the
+# writer applied one group and gathered the next, and both cores idled (1M events
+# imported: 4.6-5.0 s against 4.9-6.0 s, interleaved runs; bench/RESULTS.md, session 10).
+PACE_FROM_ROWS = 400_000
 
 # DuckDB writes a transaction's rows straight into the file once it has a whole row group
 # (122,880 rows; "optimistic writes"); smaller ones go through its own log and are written
