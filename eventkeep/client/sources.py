@@ -238,7 +238,9 @@ class _RawReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         readinto = getattr(self._inner, "readinto", None)
         if readinto is not None:  # straight into the buffer: one copy of every byte less
-            n = readinto(buffer) or 0
+            n = readinto(buffer)
+            if n is None:  # a non-blocking input with nothing ready yet is not at its end
+                raise BlockingIOError("the input is non-blocking and had nothing to read")
         else:
             data = self._inner.read(len(buffer))
             n = len(data)

@@ -244,3 +244,17 @@ def test_ndjson_chunks_agree_with_reading_line_by_line(
     ):
         chunks = [(list(c.indexes), c.raws, c.end) for c in read_source(Source(str(path)), 0)]
     assert chunks == expected
+
+
+def test_a_non_blocking_input_with_nothing_ready_is_not_taken_for_its_end() -> None:
+    class NothingYet(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> None:
+            return None
+
+    reader = sources._RawReader(NothingYet())
+    with pytest.raises(BlockingIOError):
+        reader.readinto(bytearray(16))
+    assert sources._RawReader(io.BytesIO(b"abc")).read() == b"abc"
