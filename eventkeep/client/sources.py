@@ -30,6 +30,9 @@ FORMATS: tuple[str, ...] = ("ndjson", "json", "csv", "tsv", "parquet")
 
 BLOCK = 1 << 20
 CHUNK_RECORDS = 2000
+# A chunk of NDJSON ends early past this many bytes (events of up to 1 MB each): it could
+# not go as one request anyway, and 2000 such lines would all be held at once.
+CHUNK_MAX_BYTES = 16 << 20
 # A line this long cannot be a valid event (the limit is 1 MB); stop buffering it.
 MAX_LINE_BYTES = 8 << 20
 
@@ -376,9 +379,10 @@ def _skip_lines(stream: io.BufferedReader, source: Source, skip: int) -> bytes:
 
 
 def _ndjson_chunks(stream: io.BufferedReader, source: Source, source_index: int, skip: int) -> Iterator[Chunk]:
-    """Chunks of CHUNK_RECORDS records, each ending just after its last record's line (the
-    last chunk, possibly of blank lines only, at the input's end), each one slice of the
-    bytes read: splitting every line out and joining them again cost 0.5 s per million."""
+    """Chunks of CHUNK_RECORDS records (fewer past CHUNK_MAX_BYTES), each ending just after
+    its last record's line (the last chunk, possibly of blank lines only, at the input's
+    end), each one slice of the bytes read: splitting every line out and joining them again
+    cost 0.5 s per million."""
     line = skip  # the first line of the chunk being gathered
     data = _skip_lines(stream, source, skip) if skip else b""
     start = scanned = 0  # where that chunk starts in `data`, and how far it is counted
@@ -388,7 +392,7 @@ def _ndjson_chunks(stream: io.BufferedReader, source: Source, source_index: int,
         found, seen, scanned = next_records(data, scanned, CHUNK_RECORDS - records)
         records += found
         lines += seen
-        if records == CHUNK_RECORDS:
+        if records == CHUNK_RECORDS or (records and scanned - start > CHUNK_MAX_BYTES):
             yield Chunk.of_text(source_index, line, data[start : scanned - 1], lines, records)
             line, start, records, lines = line + lines, scanned, 0, 0
             continue

@@ -258,3 +258,17 @@ def test_a_non_blocking_input_with_nothing_ready_is_not_taken_for_its_end() -> N
     with pytest.raises(BlockingIOError):
         reader.readinto(bytearray(16))
     assert sources._RawReader(io.BytesIO(b"abc")).read() == b"abc"
+
+
+def test_chunks_of_large_records_end_early_and_lose_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sources, "CHUNK_MAX_BYTES", 100)
+    monkeypatch.setattr(sources, "BLOCK", 64)
+    lines = [json.dumps({"event": "E", "properties": {"pad": "x" * (i % 40)}}).encode() for i in range(50)]
+    path = tmp_path / "e.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    chunks = list(read_source(Source(str(path)), 0))
+    assert len(chunks) > 5  # ended by size, not by CHUNK_RECORDS
+    assert all(len(c.text or b"") <= 100 + 64 + max(map(len, lines)) for c in chunks)
+    assert [i for c in chunks for i in c.indexes] == list(range(50))
+    assert [r for c in chunks for r in c.raws or []] == lines
+    assert [c.end for c in chunks] == [c.indexes[-1] + 1 for c in chunks]
