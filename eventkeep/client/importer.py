@@ -434,17 +434,16 @@ class Importer:
             source = chunk.source
             ctx = IngestContext("import", int(time.time() * 1000))
             text = chunk.text
-            lines = chunk.lines
             if (
                 text is not None
-                and chunk.records == lines
+                and chunk.records == chunk.lines
                 and self.shaper.sends_as_read(chunk)
-                and cutter.takes_whole(lines, len(text))
-                and clean_lines(text, ctx) == lines
+                and cutter.takes_whole(chunk.lines, len(text))
+                and clean_lines(text, ctx) == chunk.lines
             ):
                 # The usual chunk: NDJSON lines of Mixpanel-shaped events, every one clean,
                 # none blank, a batch of its own, its text the request's body as read.
-                cutter.add_text(text, lines, source, chunk.indexes, chunk.end)
+                cutter.add_text(chunk)
             elif not len(chunk) and not chunk.errors:
                 pass  # blank lines only (or none: the input's end): nothing to check or send
             elif text is None and self.shaper.sends_as_read(chunk) and accepts_every_event(chunk.raws or [], ctx):
@@ -594,13 +593,14 @@ class _BatchCutter:
         """Whether `count` lines of `nbytes` (joined) fit in one batch of their own."""
         return 0 < count <= self.batch_size and nbytes + 1 <= self.batch_bytes
 
-    def add_text(self, text: bytes, count: int, source: int, records: Sequence[int], end: int) -> None:
-        """`count` lines, as `text`, that make a batch of their own (see `takes_whole`), up
-        to record `end`: the batch being filled goes first, then these, with no per-line work."""
+    def add_text(self, chunk: Chunk) -> None:
+        """A text chunk with no blank line that makes a batch of its own (see `takes_whole`):
+        the batch being filled goes first, then this one, with no per-line work."""
+        source, records = chunk.source, chunk.indexes
         if self.lines:
             self.flush((source, records[0]))
-        batch = Batch(self.seq, _Lines(text, count), _Positions(source, records), (source, end), self.counts, text)
-        batch.counts.read += count
+        batch = Batch(self.seq, _Lines(chunk), _Positions(source, records), (source, chunk.end), self.counts, chunk.text)
+        batch.counts.read += chunk.lines
         self.seq += 1
         self.counts, self.last_end = Counts(), batch.end
         self.submit(batch)
@@ -649,21 +649,20 @@ class _Positions(Sequence[Position]):
 
 
 class _Lines(Sequence[bytes]):
-    """A batch's lines, split out of its text only when asked for (a refusal, a 413)."""
+    """A text chunk's lines as a batch's, split out of its text only when asked for (a
+    refusal, a 413): the chunk's own `raws`, which its lack of blank lines makes the lines."""
 
-    def __init__(self, text: bytes, count: int) -> None:
-        self.text = text
-        self.size = count
-        self._lines: list[bytes] | None = None
+    def __init__(self, chunk: Chunk) -> None:
+        self.chunk = chunk
 
     def __len__(self) -> int:
-        return self.size
+        return self.chunk.lines
 
     @overload
     def __getitem__(self, index: int) -> bytes: ...
     @overload
     def __getitem__(self, index: slice) -> list[bytes]: ...
     def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if self._lines is None:
-            self._lines = self.text.split(b"\n")
-        return self._lines[index]
+        raws = self.chunk.raws
+        assert raws is not None  # a text chunk's
+        return raws[index]

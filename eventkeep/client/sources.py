@@ -208,8 +208,8 @@ class Chunk:
         assert self.text is not None
         first = self.end - self.lines
         lines = self.text.split(b"\n") if self.lines else []
-        if self.records == self.lines:
-            self._indexes, self._raws = range(first, self.end), lines
+        if self.records == self.lines:  # no blank line: its indexes are a range already
+            self._raws = lines
             return
         numbers = [first + i for i, line in enumerate(lines) if line.strip()]
         self._indexes, self._raws = numbers, [lines[n - first] for n in numbers]

@@ -329,13 +329,13 @@ class DuckDBStore:
         last_seq = logged[-1].seq
         keys = self._key_index()
         first = self._next_seq
-        rows = rows.append_column("seq", pa.array(np.arange(first, first + rows.num_rows, dtype=np.int64)))
+        seqs = np.arange(first, first + rows.num_rows, dtype=np.int64)
+        rows = rows.append_column("seq", pa.array(seqs))
         computed = key_halves(rows)
         con.register("incoming", rows)
         try:
             if computed is not None:
-                high, low = computed
-                seq = np.arange(first, first + rows.num_rows, dtype=np.int64)
+                (high, low), seq = computed, seqs
             else:
                 high, low, seq = _key_halves(con, "incoming")
             superseded_here = superseded_in_batch(high, low, seq)
