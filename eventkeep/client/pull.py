@@ -32,10 +32,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, TextIO, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
 import msgspec
 import orjson
 
@@ -45,6 +44,9 @@ from eventkeep.client.connection import Connection
 from eventkeep.client.progress import Mode, Progress, Snapshot, human_duration, retries_line
 from eventkeep.client.sender import RetryPolicy, parse_retry_after
 from eventkeep.collector import fewer_collections
+
+if TYPE_CHECKING:  # imported where a pull runs: `eventkeep import` never needs it
+    import httpx
 
 OutputFormat = Literal["auto", "ndjson", "csv", "parquet"]
 
@@ -416,6 +418,8 @@ class Puller:
                             stream=self.progress_stream, label="pull")
         progress.start()
         interrupted = False
+        import httpx
+
         limits = httpx.Limits(max_connections=self.options.concurrency)
         client = httpx.Client(
             timeout=httpx.Timeout(self.options.timeout, connect=15.0),
@@ -528,6 +532,8 @@ class Puller:
             return None
 
     def _download(self, client: httpx.Client, job: Job, folder: Path) -> int:
+        import httpx
+
         self.limiter.acquire()
         with self._lock:
             self.requests += 1

@@ -23,14 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import msgspec
 from isal import igzip
 
 from eventkeep import __version__
 from eventkeep.client.checkpoint import Counts, Position
 from eventkeep.client.connection import Connection
-from eventkeep.client.transport import lean_transport_for
+from eventkeep.client.transport import PostFailed, Reply, poster_for
 
 USER_AGENT = f"eventkeep-import/{__version__}"
 FATAL_STATUSES = (401, 403, 404, 405)
@@ -155,7 +154,7 @@ class Sender:
         concurrency: int = 10,
         timeout: float = 120.0,
         strict: bool = True,
-        transport: httpx.BaseTransport | None = None,
+        transport: Any = None,
         seed: int | None = None,
     ) -> None:
         self.connection = connection
@@ -164,21 +163,21 @@ class Sender:
         self.stats = Stats()
         self.fatal: str | None = None
         self._on_done = on_done
-        self._url = connection.import_url.rstrip("/") + "/import"
-        self._params = {"strict": "1" if strict else "0", **connection.params()}
-        self._headers = {
+        headers = {
             "Authorization": connection.auth_header("import"),
             "Content-Type": "application/x-ndjson",
             "Content-Encoding": "gzip",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            limits=limits,
-            transport=transport or lean_transport_for(self._url),
-            follow_redirects=False,
+        self._poster = poster_for(
+            connection.import_url.rstrip("/") + "/import",
+            {"strict": "1" if strict else "0", **connection.params()},
+            headers,
+            timeout=timeout,
+            connect_timeout=min(timeout, 15.0),
+            connections=self.concurrency,
+            transport=transport,
         )
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=self.concurrency)
         self._stop = threading.Event()
@@ -214,7 +213,7 @@ class Sender:
             self._queue.put(None)
         for thread in self._threads:
             thread.join()
-        self._client.close()
+        self._poster.close()
 
     # -- the workers ----------------------------------------------------------------------
 
@@ -266,12 +265,12 @@ class Sender:
             status = 0
             self.stats.request(len(body))
             try:
-                response = self._client.post(self._url, params=self._params, headers=self._headers, content=body)
-            except httpx.TransportError as exc:
-                reason = f"network: {type(exc).__name__}"
+                response = self._poster.post(body)
+            except PostFailed as exc:
+                reason = f"network: {exc.kind}"
                 last = f"{reason} ({exc})" if str(exc) else reason
             else:
-                status = response.status_code
+                status = response.status
                 if status == 200:
                     return self._accepted(response, len(lines), attempt)
                 if status == 413 and len(lines) > 1:
@@ -306,7 +305,7 @@ class Sender:
         error = first.error or second.error
         return Outcome(first.imported + second.imported, refusals, error, attempt + first.attempts + second.attempts)
 
-    def _accepted(self, response: httpx.Response, sent: int, attempt: int) -> Outcome:
+    def _accepted(self, response: Reply, sent: int, attempt: int) -> Outcome:
         data = _json_body(response)
         if not isinstance(data, dict):
             # A legacy `1` answer: everything went in (the status says so; there is no count).
@@ -322,7 +321,7 @@ class Sender:
                 outcome.mismatch = f"the server counted {imported} imported of {sent} sent ({len(refusals)} refused)"
         return outcome
 
-    def _refused(self, response: httpx.Response, sent: int, attempt: int) -> Outcome:
+    def _refused(self, response: Reply, sent: int, attempt: int) -> Outcome:
         """A 4xx that is not about credentials: per-record refusals, or the whole batch's."""
         data = _json_body(response)
         if isinstance(data, dict):
@@ -337,25 +336,25 @@ class Sender:
             if isinstance(refusals, str):
                 message = refusals
             else:
-                message = f"HTTP {response.status_code}: {_error_text(response)}"
+                message = f"HTTP {response.status}: {_error_text(response)}"
         else:
-            message = f"HTTP {response.status_code}: {_error_text(response)}"
+            message = f"HTTP {response.status}: {_error_text(response)}"
         return Outcome(0, [Refusal(i, "request", message, None) for i in range(sent)], attempts=attempt)
 
 
-def _json_body(response: httpx.Response) -> Any:
+def _json_body(response: Reply) -> Any:
     try:
         return msgspec.json.decode(response.content)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: Reply) -> str:
     data = _json_body(response)
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return str(data["error"])
-    text = response.text.strip()
-    return text[:200] if text else response.reason_phrase
+    text = response.content.decode("utf-8", "replace").strip()
+    return text[:200] if text else response.reason
 
 
 def _refusals(entries: Any, sent: int) -> list[Refusal] | str:

@@ -1,17 +1,20 @@
-"""A lean httpx transport for plain-HTTP imports: the standard library's `http.client`,
-one keep-alive connection per sending thread.
+"""How the import tool posts a batch: the standard library's `http.client` for plain HTTP,
+httpx for the rest.
 
-Why: httpx's default transport (httpcore and h11, pure Python) spent about 1.6 ms of CPU
-on each 100 KB request to a local server, a quarter of `eventkeep import`'s time at
-150,000 events/s; `http.client` sends the same request for about a tenth of that
-(bench/RESULTS.md, Session 9). The sender keeps httpx's API, so its retries, tests and
-HTTPS (with httpx's own transport) are unchanged.
+Why two: a batch is one POST of about 100 KB, repeated hundreds of thousands of times in
+a backfill. Through httpx's client and its default transport (httpcore and h11, pure
+Python) a request to a local server cost about 1.6 ms of CPU, a quarter of the tool's time
+at 150,000 events/s (bench/RESULTS.md, session 9); through httpx's client with `http.client`
+underneath, 0.36 ms; through `http.client` alone, 0.12 ms (session 11: the 1M-event file
+imported in 2.5 % less time over eight interleaved pairs). So a plain `http://` destination with no proxy configured
+for it gets `PlainPoster`: one keep-alive connection per sending thread, nothing else.
+HTTPS, proxies and tests' mock transports get `HttpxPoster`, imported only then.
 
-Only for `http://` destinations with no proxy configured for them; see `lean_transport_for`.
-Failures are raised as httpx's own exceptions, so the sender treats them exactly as it
-treats httpx's: a refused connection is a ConnectError, a timeout a TimeoutException, a
-connection lost mid-request a RemoteProtocolError or ReadError. As in httpcore, a kept-alive
-connection the server closed while it was idle is noticed before reuse and replaced.
+Both answer with a `Reply` or raise `PostFailed`, named after httpx's exception for the same
+failure, so the sender retries them alike: a refused connection is a ConnectError, a timeout
+a ConnectTimeout or ReadTimeout, a connection lost mid-request a RemoteProtocolError or
+ReadError. As in httpcore, a kept-alive connection the server closed while it was idle is
+noticed before reuse and replaced.
 """
 
 from __future__ import annotations
@@ -21,68 +24,101 @@ import select
 import socket
 import threading
 import urllib.request
-from urllib.parse import urlsplit
-
-import httpx
-
-# Headers http.client writes itself from the request (Host) or the body (Content-Length).
-_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
 
 
-def lean_transport_for(url: str) -> httpx.BaseTransport | None:
-    """The lean transport if `url` is plain HTTP and no proxy applies to it, else None
-    (httpx's default, which handles HTTPS, proxies and the rest)."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]  # names lower-cased
+    content: bytes
+    reason: str
+
+
+class PostFailed(Exception):
+    """No answer came: `kind` is the name httpx gives this failure (see above)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Poster(Protocol):
+    def post(self, body: bytes) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+def poster_for(
+    url: str,
+    params: Mapping[str, str],
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    connect_timeout: float,
+    connections: int,
+    transport: Any = None,
+) -> Poster:
+    """`PlainPoster` if `url` is plain HTTP with no proxy for it and no transport is given,
+    else `HttpxPoster`."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        return None
+    if transport is None and parts.scheme == "http" and parts.hostname and not _proxied(parts.hostname):
+        return PlainPoster(url, params, headers, timeout=timeout, connect_timeout=connect_timeout)
+    return HttpxPoster(
+        url, params, headers, timeout=timeout, connect_timeout=connect_timeout, connections=connections,
+        transport=transport,
+    )
+
+
+def _proxied(hostname: str) -> bool:
     proxies = urllib.request.getproxies_environment()
-    if ("http" in proxies or "all" in proxies) and not urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return LeanTransport()
+    return ("http" in proxies or "all" in proxies) and not urllib.request.proxy_bypass(hostname)
 
 
-class LeanTransport(httpx.BaseTransport):
-    def __init__(self) -> None:
+class PlainPoster:
+    """POSTs to one plain-HTTP URL over `http.client`, a kept-alive connection per thread."""
+
+    def __init__(
+        self, url: str, params: Mapping[str, str], headers: Mapping[str, str], *, timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        self._address = (parts.hostname, parts.port or 80)
+        query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+        self._target = (parts.path or "/") + (f"?{query}" if query else "")
+        self._headers = dict(headers)
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[http.client.HTTPConnection] = []
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
-        url = request.url
-        target = url.raw_path.decode("ascii")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _OWN_HEADERS}
-        body = request.read()
-        key = (url.host, url.port or 80)
-        conn = self._connection(key, timeouts)
+    def post(self, body: bytes) -> Reply:
+        conn = self._connection()
         try:
-            conn.request(request.method, target, body=body, headers=headers)
+            conn.request("POST", self._target, body=body, headers=self._headers)
             response = conn.getresponse()
             content = response.read()
         except (OSError, http.client.HTTPException) as exc:
             connected = conn.sock is not None
             self._discard()
-            raise _as_httpx_error(exc, connected, request) from exc
+            raise _failure(exc, connected) from exc
         if response.will_close:
             self._discard()
-        return httpx.Response(
-            response.status,
-            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()],
-            content=content,
-            request=request,
-        )
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return Reply(response.status, headers, content, response.reason)
 
-    def _connection(self, key: tuple[str, int], timeouts: dict[str, float | None]) -> http.client.HTTPConnection:
+    def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.key == key and not _closed_by_peer(conn):
+        if conn is not None and not _closed_by_peer(conn):
             return conn
-        return self._fresh(key, timeouts)
-
-    def _fresh(self, key: tuple[str, int], timeouts: dict[str, float | None]) -> http.client.HTTPConnection:
         self._discard()
-        host, port = key
-        conn = _TimedConnection(host, port, timeouts.get("connect"), timeouts.get("read"))
-        self._local.conn, self._local.key = conn, key
+        conn = _TimedConnection(*self._address, self._connect_timeout, self._timeout)
+        self._local.conn = conn
         with self._lock:
             self._all.append(conn)
         return conn
@@ -96,6 +132,11 @@ class LeanTransport(httpx.BaseTransport):
                 if conn in self._all:
                     self._all.remove(conn)
 
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._all)
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -103,16 +144,48 @@ class LeanTransport(httpx.BaseTransport):
             self._all.clear()
 
 
-def _as_httpx_error(exc: Exception, connected: bool, request: httpx.Request) -> httpx.TransportError:
-    """The httpx exception for a failure of `http.client` (see the module's docstring)."""
+class HttpxPoster:
+    """POSTs through an httpx client: HTTPS, proxies (from the environment) and the rest."""
+
+    def __init__(
+        self, url: str, params: Mapping[str, str], headers: Mapping[str, str], *, timeout: float,
+        connect_timeout: float, connections: int, transport: Any = None,
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._url = url
+        self._params = dict(params)
+        self._headers = dict(headers)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def post(self, body: bytes) -> Reply:
+        try:
+            response = self._client.post(self._url, params=self._params, headers=self._headers, content=body)
+        except self._httpx.TransportError as exc:
+            raise PostFailed(type(exc).__name__, str(exc)) from exc
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        return Reply(response.status_code, headers, response.content, response.reason_phrase)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _failure(exc: Exception, connected: bool) -> PostFailed:
+    """The PostFailed for a failure of `http.client` (see the module's docstring)."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
-        return (httpx.ReadTimeout if connected else httpx.ConnectTimeout)(message, request=request)
+        return PostFailed("ReadTimeout" if connected else "ConnectTimeout", message)
     if isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
-        return httpx.RemoteProtocolError(message, request=request)
+        return PostFailed("RemoteProtocolError", message)
     if isinstance(exc, ConnectionRefusedError) or not connected:
-        return httpx.ConnectError(message, request=request)
-    return httpx.ReadError(message, request=request)
+        return PostFailed("ConnectError", message)
+    return PostFailed("ReadError", message)
 
 
 def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:

@@ -1,8 +1,9 @@
-"""The lean plain-HTTP transport, against small servers on 127.0.0.1 that misbehave on
-purpose, and against a real eventkeep server."""
+"""How the import tool posts: `http.client` for plain HTTP, httpx for the rest, against
+small servers on 127.0.0.1 that misbehave on purpose, and against a real eventkeep server."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from eventkeep.client.transport import LeanTransport, lean_transport_for
+from eventkeep.client.transport import HttpxPoster, PlainPoster, Poster, PostFailed, poster_for
 from tests.conftest import ProjectCreds, Server
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\": 1}\r\n"
@@ -83,49 +84,80 @@ def drop_without_answer(conn: socket.socket, requests: list[bytes]) -> None:
         requests.append(_read_request(conn))
 
 
-def test_plain_http_without_a_proxy_gets_the_lean_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+def plain(url: str, params: dict[str, str] | None = None, timeout: float = 5.0) -> PlainPoster:
+    return PlainPoster(url, params or {}, {"X-Test": "1"}, timeout=timeout, connect_timeout=timeout)
+
+
+def both(url: str, timeout: float) -> list[Poster]:
+    """The plain poster and the httpx one (forced by a transport), for the same URL."""
+    return [plain(url, timeout=timeout),
+            HttpxPoster(url, {}, {}, timeout=timeout, connect_timeout=timeout, connections=1,
+                        transport=httpx.HTTPTransport())]
+
+
+def test_plain_http_without_a_proxy_gets_the_plain_poster(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    assert isinstance(lean_transport_for("http://127.0.0.1:8000/import"), LeanTransport)
-    assert lean_transport_for("https://api.mixpanel.com/import") is None
+
+    def chosen(url: str, transport: object = None) -> type:
+        poster = poster_for(url, {}, {}, timeout=1, connect_timeout=1, connections=1, transport=transport)
+        poster.close()
+        return type(poster)
+
+    assert chosen("http://127.0.0.1:8000/import") is PlainPoster
+    assert chosen("https://api.mixpanel.com/import") is HttpxPoster
+    assert chosen("http://127.0.0.1:8000/import", httpx.MockTransport(lambda r: httpx.Response(200))) is HttpxPoster
     monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
-    assert lean_transport_for("http://events.example/import") is None  # httpx handles proxies
+    assert chosen("http://events.example/import") is HttpxPoster  # httpx handles proxies
     monkeypatch.setenv("no_proxy", "events.example")
-    assert isinstance(lean_transport_for("http://events.example/import"), LeanTransport)
+    assert chosen("http://events.example/import") is PlainPoster
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() -> None:
-    with tcp_server(answer_once_then_close) as (url, requests, connections), httpx.Client(
-        transport=LeanTransport()
-    ) as client:
-        for i in range(3):
-            response = client.post(url + f"/import?n={i}", content=b"x" * 100_000)
-            assert response.status_code == 200 and response.json() == {"ok": 1}
+    with tcp_server(answer_once_then_close) as (url, requests, connections):
+        poster = plain(url + "/import?n=1", {"strict": "1"})
+        for _ in range(3):
+            reply = poster.post(b"x" * 100_000)
+            assert (reply.status, reply.content, reply.headers["content-type"]) == (200, b'{"ok": 1}\r\n', "application/json")
             threading.Event().wait(0.05)  # the server's close arrives before the next request
+        poster.close()
     assert len(requests) == 3 and len(connections) == 3
     assert all(r.split(b"\r\n\r\n", 1)[1] == b"x" * 100_000 for r in requests)
-    assert [r.split(b" ")[1] for r in requests] == [b"/import?n=0", b"/import?n=1", b"/import?n=2"]
+    assert [r.split(b" ")[:2] for r in requests] == [[b"POST", b"/import?n=1&strict=1"]] * 3
+    assert all(b"\r\nX-Test: 1\r\n" in r for r in requests)
 
 
-def test_failures_are_httpx_errors_the_sender_retries() -> None:
-    lean = httpx.Client(transport=LeanTransport(), timeout=0.3)
-    with tcp_server(drop_without_answer) as (url, _, _), pytest.raises(httpx.RemoteProtocolError):
-        lean.post(url + "/import", content=b"{}")
-    with tcp_server(never_answer) as (url, _, _), pytest.raises(httpx.ReadTimeout):
-        lean.post(url + "/import", content=b"{}")
+def test_failures_are_named_as_httpx_names_them_on_both_paths() -> None:
+    """The sender retries on PostFailed and reports its kind: the two posters must agree."""
+    with tcp_server(drop_without_answer) as (url, _, _):
+        for poster in both(url + "/import", 0.3):
+            with pytest.raises(PostFailed) as failed:
+                poster.post(b"{}")
+            assert failed.value.kind == "RemoteProtocolError", type(poster)
+    with tcp_server(never_answer) as (url, _, _):
+        for poster in both(url + "/import", 0.3):
+            with pytest.raises(PostFailed) as failed:
+                poster.post(b"{}")
+            assert failed.value.kind == "ReadTimeout", type(poster)
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now
-    with pytest.raises(httpx.ConnectError):
-        lean.post(f"http://127.0.0.1:{port}/import", content=b"{}")
-    lean.close()
+    for poster in both(f"http://127.0.0.1:{port}/import", 0.3):
+        with pytest.raises(PostFailed) as failed:
+            poster.post(b"{}")
+        assert failed.value.kind == "ConnectError", type(poster)
 
 
 def test_it_carries_a_real_import_and_keeps_its_connection(server: Server, project: ProjectCreds) -> None:
     body = b'{"event":"E","properties":{"time":1700000000,"distinct_id":"u","$insert_id":"lean1"}}'
-    transport = LeanTransport()
-    with httpx.Client(transport=transport, auth=(project.secret, "")) as client:
-        answers = [client.post(server.url + "/import", params={"strict": "1"}, content=body) for _ in range(3)]
-        assert [a.json() for a in answers] == [{"code": 200, "num_records_imported": 1, "status": "OK"}] * 3
-        assert len(transport._all) == 1  # one kept-alive connection for the thread
+    auth = "Basic " + base64.b64encode(f"{project.secret}:".encode()).decode()
+    poster = PlainPoster(server.url + "/import", {"strict": "1"}, {"Authorization": auth}, timeout=10, connect_timeout=10)
+    try:
+        replies = [poster.post(body) for _ in range(3)]
+        assert [(r.status, r.content) for r in replies] == [
+            (200, b'{"code":200,"num_records_imported":1,"status":"OK"}')
+        ] * 3
+        assert poster.open_connections == 1  # one kept-alive connection for the thread
+    finally:
+        poster.close()
