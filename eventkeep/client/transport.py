@@ -2,12 +2,11 @@
 httpx for the rest.
 
 Why two: a batch is one POST of about 100 KB, repeated hundreds of thousands of times in
-a backfill. Through httpx's client and its default transport (httpcore and h11, pure
-Python) a request to a local server cost about 1.6 ms of CPU, a quarter of the tool's time
-at 150,000 events/s (bench/RESULTS.md, session 9); through httpx's client with `http.client`
-underneath, 0.36 ms; through `http.client` alone, 0.12 ms (session 11: the 1M-event file
-imported in 2.5 % less time over eight interleaved pairs). So a plain `http://` destination with no proxy configured
-for it gets `PlainPoster`: one keep-alive connection per sending thread, nothing else.
+a backfill, and the tool shares the machine's cores with whatever it feeds.
+`bench/post_overhead.py` (a server that answers at once; the posting thread's CPU per
+request): 0.11 ms through `http.client`, 0.40 ms through an httpx client. So a plain
+`http://` destination with no proxy configured for it gets `PlainPoster`: one keep-alive
+connection per sending thread, nothing else.
 HTTPS, proxies and tests' mock transports get `HttpxPoster`, imported only then.
 
 Both answer with a `Reply` or raise `PostFailed`, named after httpx's exception for the same
